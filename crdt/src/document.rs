@@ -1,0 +1,647 @@
+//! One replicated JSON document: an automerge document plus Meridian's
+//! conventions for existence, deletes and counters.
+//!
+//! # Layout inside automerge
+//!
+//! ```text
+//! ROOT
+//! ├── "data": Map   ← the user's JSON object (created by the shared genesis change)
+//! └── "live"        ← a multi-value register: every write puts a value unique to
+//!                     it ("<origin>:<seq>"), DELETE puts false
+//! ```
+//!
+//! **Shared genesis.** Every replica starts each document from the same
+//! deterministic change (fixed actor, time 0) that creates `data`. Two
+//! regions creating the same document concurrently therefore edit the *same*
+//! map and their fields merge, instead of two competing maps where one wins.
+//!
+//! **Deletes.** DELETE removes every field the deleting replica has seen and
+//! writes `live = false`. A document exists while *any* concurrent value of
+//! `live` is not false. Each write's `live` value is unique because automerge
+//! skips a put of the value already there, and a skipped put would not be
+//! concurrent with a delete. So an update concurrent with a delete wins: the document
+//! survives, holding the fields that update wrote (fields only the deleter
+//! saw are gone). A write causally after a delete recreates the document.
+//!
+//! **Counters.** `increment` on an absent member creates a counter there.
+//! Creation is itself a deterministic change (fixed actor derived from the
+//! parent object and key, depending only on the change that created the
+//! parent), so two regions creating the same counter concurrently produce
+//! the *identical* change and their increments add up. That creation change
+//! travels with the write that needed it.
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue,
+    Value as AmValue, ROOT,
+};
+use serde_json::{Map, Value as Json};
+
+use crate::change::ChangeMeta;
+use crate::json::{self, Slot};
+use crate::patch::{PatchOp, Pointer};
+
+const GENESIS_ACTOR: &[u8] = b"meridian/genesis";
+const GENESIS_MESSAGE: &str = "meridian genesis";
+const COUNTER_MESSAGE: &str = "meridian counter";
+const DATA_KEY: &str = "data";
+const LIVE_KEY: &str = "live";
+
+/// Why a write could not be applied. Nothing is changed when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// A JSON Patch operation failed; `conflict` tells a failed `test` or a
+    /// path that does not fit the current state (409) from a patch that can
+    /// never apply (422).
+    #[error("operation {index} ({op} {path}): {reason}")]
+    PatchFailed {
+        /// Index of the failing operation.
+        index: usize,
+        /// The operation name.
+        op: &'static str,
+        /// Its path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+        /// True for state-dependent failures (409), false for invalid ones (422).
+        conflict: bool,
+    },
+    /// The result would not be a JSON object.
+    #[error("{0}")]
+    NotAnObject(String),
+    /// Stored bytes are not a valid automerge document or change.
+    #[error("corrupt document data: {0}")]
+    Corrupt(String),
+    /// automerge refused an operation Meridian built: a bug, not bad input.
+    #[error("internal CRDT error: {0}")]
+    Internal(#[from] AutomergeError),
+}
+
+/// A replicated JSON document.
+#[derive(Debug)]
+pub struct Document {
+    doc: Automerge,
+    data: ObjId,
+}
+
+impl Default for Document {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Document {
+    /// A document holding only the shared genesis change: it does not exist
+    /// yet (reads 404) until a write makes it live.
+    pub fn new() -> Document {
+        let mut doc = Automerge::new().with_actor(ActorId::from(GENESIS_ACTOR));
+        let mut tx = doc.transaction();
+        let data = tx
+            .put_object(ROOT, DATA_KEY, ObjType::Map)
+            .expect("genesis put on an empty document");
+        tx.commit_with(
+            CommitOptions::default()
+                .with_message(GENESIS_MESSAGE)
+                .with_time(0),
+        );
+        Document { doc, data }
+    }
+
+    /// Loads a document saved by [`Document::save`].
+    pub fn load(bytes: &[u8]) -> Result<Document, DocumentError> {
+        let doc = Automerge::load(bytes).map_err(|e| DocumentError::Corrupt(e.to_string()))?;
+        let data = match doc.get(ROOT, DATA_KEY) {
+            Ok(Some((AmValue::Object(ObjType::Map), id))) => id,
+            _ => {
+                return Err(DocumentError::Corrupt(
+                    "no data map: not a Meridian document".into(),
+                ))
+            }
+        };
+        Ok(Document { doc, data })
+    }
+
+    /// The compact encoding of the whole document.
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Whether the document exists (some concurrent `live` value is not false).
+    pub fn exists(&self) -> bool {
+        live_at(&self.doc, None)
+    }
+
+    /// The document as JSON, or `None` if it does not exist.
+    pub fn to_json(&self) -> Option<Json> {
+        self.exists()
+            .then(|| json::read_object(&self.doc, &self.data, ObjType::Map, None))
+    }
+
+    /// Current heads, sorted, so equal states give equal lists.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        let mut heads = self.doc.get_heads();
+        heads.sort();
+        heads
+    }
+
+    /// A strong validator of the document's state, quoted for the ETag header.
+    pub fn etag(&self) -> String {
+        let digest = heads_digest(&self.heads());
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"{hex}\"")
+    }
+
+    /// Number of changes in the document's history.
+    pub fn history_len(&self) -> usize {
+        self.doc.get_changes(&[]).len()
+    }
+
+    /// Access to the automerge document for read-only inspection.
+    pub fn automerge(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// Applies remote changes in one batch (one call: automerge's cost is per
+    /// call, proportional to history). Already-held changes are ignored;
+    /// changes whose dependencies are missing are held back by automerge.
+    pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<(), DocumentError> {
+        self.doc.apply_changes(changes)?;
+        Ok(())
+    }
+
+    /// Hashes of dependencies that are referenced but missing (changes held back).
+    pub fn missing_deps(&self) -> Vec<ChangeHash> {
+        self.doc.get_missing_deps(&[])
+    }
+
+    /// Replaces the document's content with `object` (PUT).
+    pub fn put(
+        &mut self,
+        object: &Map<String, Json>,
+        meta: &ChangeMeta,
+    ) -> Result<Vec<Change>, DocumentError> {
+        let data = self.data.clone();
+        self.commit(meta, Vec::new(), |tx| {
+            json::update_map(tx, &data, object)?;
+            Ok(())
+        })
+    }
+
+    /// Applies an RFC 7396 merge patch (PATCH, `application/merge-patch+json`).
+    pub fn merge_patch(
+        &mut self,
+        patch: &Json,
+        meta: &ChangeMeta,
+    ) -> Result<Vec<Change>, DocumentError> {
+        let Json::Object(patch) = patch else {
+            return Err(DocumentError::NotAnObject(
+                "a merge patch for a document must be a JSON object (the document itself is always an object)".into(),
+            ));
+        };
+        let data = self.data.clone();
+        self.commit(meta, Vec::new(), |tx| {
+            json::merge_patch_map(tx, &data, patch)?;
+            Ok(())
+        })
+    }
+
+    /// Applies an RFC 6902 JSON Patch, all or nothing (PATCH, `application/json-patch+json`).
+    pub fn json_patch(
+        &mut self,
+        ops: &[PatchOp],
+        meta: &ChangeMeta,
+    ) -> Result<Vec<Change>, DocumentError> {
+        // First pass: find counters that must be created. Creating them is a
+        // separate deterministic change, which cannot be undone, so it is only
+        // made once the whole patch is known to succeed.
+        let mut wanted_counters = Vec::new();
+        {
+            let data = self.data.clone();
+            let mut tx = self.doc.transaction();
+            let outcome = apply_ops(&mut tx, &data, ops, &mut wanted_counters);
+            tx.rollback();
+            outcome?;
+        }
+        let mut prelude = Vec::new();
+        for (obj, key) in wanted_counters {
+            if let Some(change) = self.create_counter(&obj, &key)? {
+                prelude.push(change);
+            }
+        }
+        let data = self.data.clone();
+        self.commit(meta, prelude, |tx| {
+            apply_ops(tx, &data, ops, &mut Vec::new())
+        })
+    }
+
+    /// Deletes the document: removes every field seen here and marks it not live.
+    pub fn delete(&mut self, meta: &ChangeMeta) -> Result<Vec<Change>, DocumentError> {
+        let data = self.data.clone();
+        self.commit_inner(meta, Vec::new(), false, |tx| {
+            let keys: Vec<String> = tx.keys(&data).collect();
+            for key in keys {
+                tx.delete(&data, key.as_str())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn commit<F>(
+        &mut self,
+        meta: &ChangeMeta,
+        prelude: Vec<Change>,
+        edit: F,
+    ) -> Result<Vec<Change>, DocumentError>
+    where
+        F: FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), DocumentError>,
+    {
+        self.commit_inner(meta, prelude, true, edit)
+    }
+
+    /// Runs `edit` and the `live` write in one transaction stamped with
+    /// `meta`; rolls back on any error. Returns the prelude changes followed
+    /// by the new change.
+    fn commit_inner<F>(
+        &mut self,
+        meta: &ChangeMeta,
+        mut prelude: Vec<Change>,
+        live: bool,
+        edit: F,
+    ) -> Result<Vec<Change>, DocumentError>
+    where
+        F: FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), DocumentError>,
+    {
+        self.doc.set_actor(meta.origin.actor());
+        let mut tx = self.doc.transaction();
+        if let Err(err) = edit(&mut tx) {
+            tx.rollback();
+            return Err(err);
+        }
+        let live_value = if live {
+            ScalarValue::Str(format!("{}:{}", meta.origin, meta.seq).into())
+        } else {
+            ScalarValue::Boolean(false)
+        };
+        if let Err(err) = tx.put(ROOT, LIVE_KEY, live_value) {
+            tx.rollback();
+            return Err(err.into());
+        }
+        let options = CommitOptions::default()
+            .with_message(meta.to_message())
+            .with_time(i64::try_from(meta.hlc.wall_ms()).unwrap_or(i64::MAX));
+        let (hash, _) = tx.commit_with(options);
+        let hash = hash.expect("a transaction that wrote `live` has at least one op");
+        let change = self.doc.get_change_by_hash(&hash).expect("just committed");
+        prelude.push(change);
+        Ok(prelude)
+    }
+
+    /// Makes (and applies) the deterministic change that creates a zero
+    /// counter at `key` of `obj`; `None` if that change is already in the
+    /// history (the counter was created and later deleted: an ordinary put
+    /// then recreates it).
+    fn create_counter(&mut self, obj: &ObjId, key: &str) -> Result<Option<Change>, DocumentError> {
+        let Some(parent_change) = self.doc.hash_for_opid(obj) else {
+            return Ok(None);
+        };
+        let mut fork = self.doc.fork_at(&[parent_change])?;
+        fork.set_actor(ActorId::from(
+            format!("meridian/counter/{obj}/{key}").into_bytes(),
+        ));
+        let mut tx = fork.transaction();
+        tx.put(obj, key, ScalarValue::counter(0))?;
+        let (hash, _) = tx.commit_with(
+            CommitOptions::default()
+                .with_message(COUNTER_MESSAGE)
+                .with_time(0),
+        );
+        let hash = hash.expect("one op");
+        if self.doc.get_change_by_hash(&hash).is_some() {
+            return Ok(None);
+        }
+        let change = fork.get_change_by_hash(&hash).expect("just committed");
+        self.doc.apply_changes([change.clone()])?;
+        Ok(Some(change))
+    }
+}
+
+/// Whether `live` holds a value other than false (at `heads`, or now).
+fn live_at<R: ReadDoc>(doc: &R, heads: Option<&[ChangeHash]>) -> bool {
+    let values = match heads {
+        Some(h) => doc.get_all_at(ROOT, LIVE_KEY, h),
+        None => doc.get_all(ROOT, LIVE_KEY),
+    };
+    values
+        .unwrap_or_default()
+        .iter()
+        .any(|(value, _)| !matches!(value, AmValue::Scalar(s) if matches!(s.as_ref(), ScalarValue::Boolean(false))))
+}
+
+/// Order-independent digest of a set of heads: XOR of the hashes. Heads are
+/// distinct SHA-256 values, so XOR is as good as hashing the sorted list.
+pub fn heads_digest(heads: &[ChangeHash]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for head in heads {
+        for (o, b) in out.iter_mut().zip(head.0.iter()) {
+            *o ^= b;
+        }
+    }
+    out
+}
+
+/// Where a JSON pointer lands.
+enum Target {
+    /// The whole document.
+    Root,
+    /// A member of a map (which may or may not exist).
+    Member { obj: ObjId, key: String },
+    /// An index of a list (may be one past the end).
+    Element {
+        obj: ObjId,
+        index: usize,
+        len: usize,
+    },
+    /// `-`: one past the end of a list.
+    End { obj: ObjId, len: usize },
+}
+
+/// Failure while applying one operation: message and whether it is a 409.
+struct OpFailure {
+    reason: String,
+    conflict: bool,
+}
+
+fn conflict(reason: impl Into<String>) -> OpFailure {
+    OpFailure {
+        reason: reason.into(),
+        conflict: true,
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> OpFailure {
+    OpFailure {
+        reason: reason.into(),
+        conflict: false,
+    }
+}
+
+impl From<AutomergeError> for OpFailure {
+    fn from(err: AutomergeError) -> Self {
+        invalid(format!("internal CRDT error: {err}"))
+    }
+}
+
+fn apply_ops<T: Transactable>(
+    tx: &mut T,
+    data: &ObjId,
+    ops: &[PatchOp],
+    counters: &mut Vec<(ObjId, String)>,
+) -> Result<(), DocumentError> {
+    for (index, op) in ops.iter().enumerate() {
+        let (name, path) = match op {
+            PatchOp::Add { path, .. } => ("add", path),
+            PatchOp::Remove { path } => ("remove", path),
+            PatchOp::Replace { path, .. } => ("replace", path),
+            PatchOp::Move { path, .. } => ("move", path),
+            PatchOp::Copy { path, .. } => ("copy", path),
+            PatchOp::Test { path, .. } => ("test", path),
+            PatchOp::Increment { path, .. } => ("increment", path),
+        };
+        apply_op(tx, data, op, counters).map_err(|failure| DocumentError::PatchFailed {
+            index,
+            op: name,
+            path: path.to_string(),
+            reason: failure.reason,
+            conflict: failure.conflict,
+        })?;
+    }
+    Ok(())
+}
+
+fn apply_op<T: Transactable>(
+    tx: &mut T,
+    data: &ObjId,
+    op: &PatchOp,
+    counters: &mut Vec<(ObjId, String)>,
+) -> Result<(), OpFailure> {
+    match op {
+        PatchOp::Add { path, value } => add(tx, data, path, value),
+        PatchOp::Remove { path } => remove(tx, data, path),
+        PatchOp::Replace { path, value } => {
+            check_depth(path, value)?;
+            match resolve(tx, data, path)? {
+                Target::Root => replace_root(tx, data, value),
+                Target::Member { obj, key } => {
+                    if tx.get(&obj, key.as_str())?.is_none() {
+                        return Err(conflict(format!("no member {key:?} to replace")));
+                    }
+                    Ok(json::update_slot(tx, &obj, &Slot::Key(key), value)?)
+                }
+                Target::Element { obj, index, len } if index < len => {
+                    Ok(json::update_slot(tx, &obj, &Slot::Index(index), value)?)
+                }
+                Target::Element { index, len, .. } => Err(conflict(format!(
+                    "index {index} is out of range (array length {len})"
+                ))),
+                Target::End { .. } => Err(invalid("'-' names no element to replace")),
+            }
+        }
+        PatchOp::Move { from, path } => {
+            if from.is_proper_prefix_of(path) {
+                return Err(invalid("cannot move a value into one of its own children"));
+            }
+            let value = read(tx, data, from)?;
+            if from == path {
+                return Ok(());
+            }
+            remove(tx, data, from)?;
+            add(tx, data, path, &value)
+        }
+        PatchOp::Copy { from, path } => {
+            let value = read(tx, data, from)?;
+            add(tx, data, path, &value)
+        }
+        PatchOp::Test { path, value } => {
+            let current = read(tx, data, path)?;
+            if json::json_eq(&current, value) {
+                Ok(())
+            } else {
+                Err(conflict(format!(
+                    "test failed: the value is {current}, not {value}"
+                )))
+            }
+        }
+        PatchOp::Increment { path, value } => {
+            let (obj, slot) = match resolve(tx, data, path)? {
+                Target::Root => return Err(invalid("the document itself cannot be a counter")),
+                Target::Member { obj, key } => (obj, Slot::Key(key)),
+                Target::Element { obj, index, len } if index < len => (obj, Slot::Index(index)),
+                Target::Element { .. } | Target::End { .. } => {
+                    return Err(conflict(
+                        "no array element there; counters in arrays must already exist",
+                    ))
+                }
+            };
+            let prop = match &slot {
+                Slot::Key(k) => automerge::Prop::Map(k.clone()),
+                Slot::Index(i) => automerge::Prop::Seq(*i),
+            };
+            match tx.get(&obj, prop.clone())?.map(|(v, _)| v.into_owned()) {
+                None => {
+                    if let Slot::Key(key) = &slot {
+                        counters.push((obj.clone(), key.clone()));
+                    }
+                    tx.put(&obj, prop, ScalarValue::counter(*value))?;
+                }
+                Some(AmValue::Scalar(s)) if matches!(s.as_ref(), ScalarValue::Counter(_)) => {
+                    tx.increment(&obj, prop, *value)?;
+                }
+                Some(AmValue::Scalar(s))
+                    if s.as_i64().is_some() && !matches!(s.as_ref(), ScalarValue::F64(_)) =>
+                {
+                    // A plain integer becomes a counter starting from its value.
+                    let start = s.as_i64().unwrap_or(0);
+                    tx.put(&obj, prop, ScalarValue::counter(start.wrapping_add(*value)))?;
+                }
+                Some(_) => return Err(conflict("the value there is not an integer or counter")),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_depth(path: &Pointer, value: &Json) -> Result<(), OpFailure> {
+    if path.tokens.len() + json::depth(value) > crate::DEPTH_MAX {
+        return Err(invalid(format!(
+            "the result would nest deeper than {} levels",
+            crate::DEPTH_MAX
+        )));
+    }
+    Ok(())
+}
+
+fn replace_root<T: Transactable>(tx: &mut T, data: &ObjId, value: &Json) -> Result<(), OpFailure> {
+    match value {
+        Json::Object(map) => Ok(json::update_map(tx, data, map)?),
+        _ => Err(invalid("the document itself must stay a JSON object")),
+    }
+}
+
+fn add<T: Transactable>(
+    tx: &mut T,
+    data: &ObjId,
+    path: &Pointer,
+    value: &Json,
+) -> Result<(), OpFailure> {
+    check_depth(path, value)?;
+    match resolve(tx, data, path)? {
+        Target::Root => replace_root(tx, data, value),
+        Target::Member { obj, key } => Ok(json::update_slot(tx, &obj, &Slot::Key(key), value)?),
+        Target::Element { obj, index, len } if index <= len => {
+            Ok(json::insert_new(tx, &obj, index, value)?)
+        }
+        Target::Element { index, len, .. } => Err(conflict(format!(
+            "index {index} is out of range (array length {len})"
+        ))),
+        Target::End { obj, len } => Ok(json::insert_new(tx, &obj, len, value)?),
+    }
+}
+
+fn remove<T: Transactable>(tx: &mut T, data: &ObjId, path: &Pointer) -> Result<(), OpFailure> {
+    match resolve(tx, data, path)? {
+        Target::Root => Err(invalid("cannot remove the whole document; use DELETE")),
+        Target::Member { obj, key } => {
+            if tx.get(&obj, key.as_str())?.is_none() {
+                return Err(conflict(format!("no member {key:?} to remove")));
+            }
+            Ok(tx.delete(&obj, key.as_str())?)
+        }
+        Target::Element { obj, index, len } if index < len => Ok(tx.delete(&obj, index)?),
+        Target::Element { index, len, .. } => Err(conflict(format!(
+            "index {index} is out of range (array length {len})"
+        ))),
+        Target::End { .. } => Err(invalid("'-' names no element to remove")),
+    }
+}
+
+fn read<T: Transactable>(tx: &T, data: &ObjId, path: &Pointer) -> Result<Json, OpFailure> {
+    let missing = || conflict(format!("nothing at {path}"));
+    match resolve(tx, data, path)? {
+        Target::Root => Ok(json::read_object(tx, data, ObjType::Map, None)),
+        Target::Member { obj, key } => {
+            let (value, id) = tx.get(&obj, key.as_str())?.ok_or_else(missing)?;
+            Ok(json::read_value(tx, value, &id, None))
+        }
+        Target::Element { obj, index, len } if index < len => {
+            let (value, id) = tx.get(&obj, index)?.ok_or_else(missing)?;
+            Ok(json::read_value(tx, value, &id, None))
+        }
+        Target::Element { .. } | Target::End { .. } => Err(missing()),
+    }
+}
+
+/// Walks `path` to its parent container and classifies the last token.
+fn resolve<T: Transactable>(tx: &T, data: &ObjId, path: &Pointer) -> Result<Target, OpFailure> {
+    let Some((last, parents)) = path.tokens.split_last() else {
+        return Ok(Target::Root);
+    };
+    let mut obj = data.clone();
+    let mut typ = ObjType::Map;
+    for (depth, token) in parents.iter().enumerate() {
+        let here = || Pointer {
+            tokens: path.tokens[..=depth].to_vec(),
+        };
+        let child = match typ {
+            ObjType::Map | ObjType::Table => tx.get(&obj, token.as_str())?,
+            ObjType::List => {
+                let index = parse_index(token, tx.length(&obj))?;
+                tx.get(&obj, index)?
+            }
+            ObjType::Text => None,
+        };
+        match child {
+            Some((AmValue::Object(child_type), child_id)) if child_type != ObjType::Text => {
+                obj = child_id;
+                typ = child_type;
+            }
+            Some(_) => return Err(conflict(format!("{} is not an object or array", here()))),
+            None => return Err(conflict(format!("{} does not exist", here()))),
+        }
+    }
+    match typ {
+        ObjType::List => {
+            let len = tx.length(&obj);
+            if last == "-" {
+                Ok(Target::End { obj, len })
+            } else {
+                let index = parse_index(last, usize::MAX)?;
+                Ok(Target::Element { obj, index, len })
+            }
+        }
+        _ => Ok(Target::Member {
+            obj,
+            key: last.clone(),
+        }),
+    }
+}
+
+fn parse_index(token: &str, len: usize) -> Result<usize, OpFailure> {
+    let valid = !token.is_empty()
+        && token.bytes().all(|b| b.is_ascii_digit())
+        && (token == "0" || !token.starts_with('0'));
+    let index: usize = if valid {
+        token
+            .parse()
+            .map_err(|_| invalid(format!("array index {token:?} is too large")))?
+    } else {
+        return Err(invalid(format!(
+            "{token:?} is not an array index (digits without leading zeros, or '-')"
+        )));
+    };
+    if index >= len && len != usize::MAX {
+        return Err(conflict(format!(
+            "index {index} is out of range (array length {len})"
+        )));
+    }
+    Ok(index)
+}

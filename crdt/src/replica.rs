@@ -1,0 +1,321 @@
+//! A replica: every document a node holds, plus its version vector and change
+//! log. A pure state machine: the caller supplies timestamps, persists the
+//! records it gets back, and decides when they are durable.
+//!
+//! Local writes get the next per-origin sequence number here, in the order
+//! they are applied, so sequence order equals commit order equals HLC order
+//! at the origin (the caller holds one lock around `local_write`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use automerge::Change;
+use serde_json::{Map, Value as Json};
+
+use crate::change::{ChangeMeta, ChangeRecord};
+use crate::document::{Document, DocumentError};
+use crate::hlc::Hlc;
+use crate::ids::{DocId, NodeId};
+use crate::log::ChangeLog;
+use crate::patch::PatchOp;
+use crate::vv::VersionVector;
+
+/// A client write to one document.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// Replace the document with this object (smallest edit).
+    Put(Map<String, Json>),
+    /// RFC 7396 merge patch.
+    MergePatch(Json),
+    /// RFC 6902 JSON Patch (with the `increment` extension).
+    JsonPatch(Vec<PatchOp>),
+    /// Delete the document.
+    Delete,
+}
+
+/// What a successful local write produced.
+#[derive(Clone, Debug)]
+pub struct WriteReceipt {
+    /// The record to persist and replicate.
+    pub record: ChangeRecord,
+    /// True when the write brought the document into existence.
+    pub created: bool,
+    /// The document's ETag after the write.
+    pub etag: String,
+}
+
+/// Why a local write was refused. Nothing changed when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The document does not exist (DELETE of a missing document).
+    #[error("document not found")]
+    NotFound,
+    /// `If-Match` did not match the document's current ETag.
+    #[error("the document has changed: If-Match does not match its current ETag")]
+    PreconditionFailed {
+        /// The current ETag, if the document exists.
+        current: Option<String>,
+    },
+    /// The document refused the edit.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
+
+/// What applying a batch of records did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Records new to this replica.
+    pub applied: usize,
+    /// Records already held (duplicates are normal under gossip).
+    pub duplicates: usize,
+    /// Records whose bytes did not decode, with the reason.
+    pub rejected: Vec<(NodeId, u64, String)>,
+}
+
+/// One document and the last local sequence number that touched it (so a
+/// reader can wait until that change is durable before seeing it).
+#[derive(Debug)]
+pub struct DocState {
+    /// The document.
+    pub doc: Document,
+    /// Highest local sequence number applied to this document.
+    pub last_local_seq: u64,
+}
+
+/// Every document of one node, with its version vector and log.
+#[derive(Debug)]
+pub struct Replica {
+    node: NodeId,
+    docs: HashMap<DocId, DocState>,
+    live_ids: BTreeSet<String>,
+    vv: VersionVector,
+    log: ChangeLog,
+    last_seq: u64,
+}
+
+impl Replica {
+    /// An empty replica for `node`.
+    pub fn new(node: NodeId) -> Replica {
+        Replica {
+            node,
+            docs: HashMap::new(),
+            live_ids: BTreeSet::new(),
+            vv: VersionVector::new(),
+            log: ChangeLog::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// This replica's node id (the origin of its local writes).
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The last sequence number given to a local write.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Makes a local write at `hlc`. On success the change is applied in
+    /// memory and recorded in the log and version vector; the caller must
+    /// persist `receipt.record` before acknowledging it.
+    pub fn local_write(
+        &mut self,
+        id: &DocId,
+        op: &WriteOp,
+        hlc: Hlc,
+        if_match: Option<&str>,
+    ) -> Result<WriteReceipt, WriteError> {
+        let state = self.docs.entry(id.clone()).or_insert_with(|| DocState {
+            doc: Document::new(),
+            last_local_seq: 0,
+        });
+        let existed = state.doc.exists();
+        if let Some(expected) = if_match {
+            let matches = existed
+                && (expected.trim() == "*"
+                    || expected
+                        .split(',')
+                        .any(|tag| tag.trim() == state.doc.etag()));
+            if !matches {
+                return Err(WriteError::PreconditionFailed {
+                    current: existed.then(|| state.doc.etag()),
+                });
+            }
+        }
+        let meta = ChangeMeta {
+            origin: self.node,
+            seq: self.last_seq + 1,
+            hlc,
+        };
+        let changes = match op {
+            WriteOp::Put(object) => state.doc.put(object, &meta)?,
+            WriteOp::MergePatch(patch) => state.doc.merge_patch(patch, &meta)?,
+            WriteOp::JsonPatch(ops) => state.doc.json_patch(ops, &meta)?,
+            WriteOp::Delete => {
+                if !existed {
+                    return Err(WriteError::NotFound);
+                }
+                state.doc.delete(&meta)?
+            }
+        };
+        self.last_seq = meta.seq;
+        state.last_local_seq = meta.seq;
+        let etag = state.doc.etag();
+        let exists = state.doc.exists();
+        let record = ChangeRecord {
+            meta,
+            doc: id.clone(),
+            changes: changes
+                .into_iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect(),
+        };
+        self.track_existence(id, exists);
+        self.vv.insert(self.node, meta.seq);
+        self.log.insert(record.clone());
+        Ok(WriteReceipt {
+            record,
+            created: exists && !existed,
+            etag,
+        })
+    }
+
+    /// Applies records (from peers, or from the local log during recovery)
+    /// idempotently, batched per document: automerge's apply cost is per
+    /// call, so each document gets one call however many records it has.
+    pub fn apply_records(&mut self, records: Vec<ChangeRecord>) -> ApplyOutcome {
+        let mut outcome = ApplyOutcome::default();
+        let mut per_doc: BTreeMap<DocId, Vec<Change>> = BTreeMap::new();
+        let mut accepted = Vec::new();
+        for record in records {
+            let (origin, seq) = (record.meta.origin, record.meta.seq);
+            if self.vv.contains(origin, seq) {
+                outcome.duplicates += 1;
+                continue;
+            }
+            let decoded: Result<Vec<Change>, _> = record
+                .changes
+                .iter()
+                .map(|bytes| Change::from_bytes(bytes.clone()))
+                .collect();
+            match decoded {
+                Ok(changes) => {
+                    per_doc
+                        .entry(record.doc.clone())
+                        .or_default()
+                        .extend(changes);
+                    accepted.push(record);
+                }
+                Err(err) => outcome.rejected.push((origin, seq, err.to_string())),
+            }
+        }
+        for (id, changes) in per_doc {
+            let state = self.docs.entry(id.clone()).or_insert_with(|| DocState {
+                doc: Document::new(),
+                last_local_seq: 0,
+            });
+            if let Err(err) = state.doc.apply_changes(changes) {
+                // A change automerge cannot apply: refuse every record of this document's batch.
+                for record in accepted.iter().filter(|r| r.doc == id) {
+                    outcome
+                        .rejected
+                        .push((record.meta.origin, record.meta.seq, err.to_string()));
+                }
+                accepted.retain(|r| r.doc != id);
+                continue;
+            }
+            let exists = state.doc.exists();
+            self.track_existence(&id, exists);
+        }
+        for record in accepted {
+            let (origin, seq) = (record.meta.origin, record.meta.seq);
+            if origin == self.node {
+                self.last_seq = self.last_seq.max(seq);
+                if let Some(state) = self.docs.get_mut(&record.doc) {
+                    state.last_local_seq = state.last_local_seq.max(seq);
+                }
+            }
+            self.vv.insert(origin, seq);
+            self.log.insert(record);
+            outcome.applied += 1;
+        }
+        outcome
+    }
+
+    /// Installs a document loaded from a snapshot (recovery, state transfer).
+    pub fn insert_document(&mut self, id: DocId, doc: Document) {
+        let exists = doc.exists();
+        self.docs.insert(
+            id.clone(),
+            DocState {
+                doc,
+                last_local_seq: 0,
+            },
+        );
+        self.track_existence(&id, exists);
+    }
+
+    /// Records that every change in `vv` is held (their documents came from
+    /// snapshots), and that local sequence numbers continue after it.
+    pub fn restore_version_vector(&mut self, vv: &VersionVector) {
+        self.vv.merge(vv);
+        self.last_seq = self.last_seq.max(self.vv.max(self.node));
+    }
+
+    /// A document's state, whether or not it currently exists.
+    pub fn document(&self, id: &DocId) -> Option<&DocState> {
+        self.docs.get(id)
+    }
+
+    /// Ids of existing documents starting with `prefix`, after `after`, in
+    /// order, at most `limit`. Ids sharing a prefix are contiguous in sorted
+    /// order, so this is one range scan.
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<DocId> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        self.live_ids
+            .range::<String, _>((start, Bound::Unbounded))
+            .take_while(|id| id.starts_with(prefix))
+            .take(limit)
+            .map(|id| DocId::new(id).expect("stored ids are valid"))
+            .collect()
+    }
+
+    /// Number of existing documents.
+    pub fn live_count(&self) -> usize {
+        self.live_ids.len()
+    }
+
+    /// Documents held in memory, existing or not.
+    pub fn documents(&self) -> impl Iterator<Item = (&DocId, &DocState)> {
+        self.docs.iter()
+    }
+
+    /// Which changes this replica holds.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// The change log.
+    pub fn log(&self) -> &ChangeLog {
+        &self.log
+    }
+
+    /// The change log, for truncation.
+    pub fn log_mut(&mut self) -> &mut ChangeLog {
+        &mut self.log
+    }
+
+    fn track_existence(&mut self, id: &DocId, exists: bool) {
+        if exists {
+            if !self.live_ids.contains(id.as_str()) {
+                self.live_ids.insert(id.as_str().to_string());
+            }
+        } else {
+            self.live_ids.remove(id.as_str());
+        }
+    }
+}
