@@ -1,1 +1,16 @@
-//! placeholder
+//! Meridian's HTTP/JSON API.
+//!
+//! The router ([`router::router`]) reaches the node only through the
+//! [`node::Node`] trait, which the server implements; tests drive the router
+//! in-process with an in-memory node. Errors become HTTP statuses in exactly
+//! one place: [`error::ApiError`]'s `IntoResponse`.
+
+pub mod api;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod router;
+
+pub use error::ApiError;
+pub use node::{DocRead, Node, NodeError, WriteAck};
+pub use router::{router, WebConfig};

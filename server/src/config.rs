@@ -1,0 +1,249 @@
+//! Configuration: command-line flags, `MERIDIAN_*` environment variables and
+//! an optional TOML file (`--config`), in that order of precedence, then
+//! defaults. [`Config::resolve`] validates every field and names the one that
+//! is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Flags of `meridian serve`. Every flag can also come from the environment
+/// (shown in `--help`) or from the `--config` file (same names, snake_case).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "MERIDIAN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Region this node serves, e.g. eu-west [default: local]
+    #[arg(long, env = "MERIDIAN_REGION")]
+    pub region: Option<String>,
+    /// Directory for the node's store [default: ./meridian-data]
+    #[arg(long, env = "MERIDIAN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API address [default: 127.0.0.1:7070]
+    #[arg(long, env = "MERIDIAN_LISTEN_HTTP", value_name = "ADDR")]
+    pub listen_http: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Largest request body in bytes [default: 1048576]
+    #[arg(long, env = "MERIDIAN_BODY_LIMIT_BYTES", value_name = "BYTES")]
+    pub body_limit_bytes: Option<usize>,
+    /// How often dirty documents are snapshotted, in ms [default: 5000]
+    #[arg(long, env = "MERIDIAN_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    region: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen_http: Option<String>,
+    log_format: Option<String>,
+    body_limit_bytes: Option<usize>,
+    checkpoint_interval_ms: Option<u64>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration value that is wrong, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {reason}")]
+pub struct ConfigError {
+    /// The setting's name (as in the TOML file).
+    pub field: &'static str,
+    /// What is wrong and what to use instead.
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Region name.
+    pub region: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub listen_http: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Largest request body.
+    pub body_limit_bytes: usize,
+    /// Snapshot interval.
+    pub checkpoint_interval: Duration,
+}
+
+/// Smallest and largest accepted body limits.
+const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
+
+impl Config {
+    /// A configuration for tests: a data directory, an ephemeral port, defaults otherwise.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            region: "local".into(),
+            data_dir: data_dir.to_path_buf(),
+            listen_http: "127.0.0.1:0".parse().expect("valid"),
+            log_format: LogFormat::Text,
+            body_limit_bytes: 1 << 20,
+            checkpoint_interval: Duration::from_millis(5000),
+        }
+    }
+
+    /// Merges flags/environment (already merged by clap) over the file over defaults, then validates.
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|err| {
+                    invalid("config", format!("cannot read {}: {err}", path.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|err| invalid("config", format!("{}: {err}", path.display())))?
+            }
+        };
+        let region = args
+            .region
+            .or(file.region)
+            .unwrap_or_else(|| "local".into());
+        if region.is_empty()
+            || region.len() > 64
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid(
+                "region",
+                format!("{region:?} must be 1 to 64 characters of a-z, 0-9 and '-', like eu-west"),
+            ));
+        }
+        let listen_text = args
+            .listen_http
+            .or(file.listen_http)
+            .unwrap_or_else(|| "127.0.0.1:7070".into());
+        let listen_http = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen_http",
+                format!("{listen_text:?} is not an address; use host:port like 127.0.0.1:7070"),
+            )
+        })?;
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is not a log format; use text or json"),
+                ))
+            }
+        };
+        let body_limit_bytes = args
+            .body_limit_bytes
+            .or(file.body_limit_bytes)
+            .unwrap_or(1 << 20);
+        if !BODY_LIMIT_RANGE.contains(&body_limit_bytes) {
+            return Err(invalid(
+                "body_limit_bytes",
+                format!(
+                    "{body_limit_bytes} is out of range; use 1024 to {}",
+                    BODY_LIMIT_RANGE.end()
+                ),
+            ));
+        }
+        let checkpoint_ms = args
+            .checkpoint_interval_ms
+            .or(file.checkpoint_interval_ms)
+            .unwrap_or(5000);
+        if !(10..=3_600_000).contains(&checkpoint_ms) {
+            return Err(invalid(
+                "checkpoint_interval_ms",
+                format!("{checkpoint_ms} is out of range; use 10 to 3600000"),
+            ));
+        }
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("meridian-data"));
+        Ok(Config {
+            region,
+            data_dir,
+            listen_http,
+            log_format,
+            body_limit_bytes,
+            checkpoint_interval: Duration::from_millis(checkpoint_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_file(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "meridian-config-{name}-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let path = write_file(
+            "layers",
+            "region = \"eu-west\"\nlisten_http = \"127.0.0.1:9000\"\n",
+        );
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            listen_http: Some("127.0.0.1:9100".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(args).unwrap();
+        assert_eq!(config.region, "eu-west");
+        assert_eq!(config.listen_http.port(), 9100);
+        assert_eq!(config.body_limit_bytes, 1 << 20);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = Config::resolve(ServeArgs {
+            region: Some("EU West".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "region");
+        let err = Config::resolve(ServeArgs {
+            listen_http: Some("nope".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "listen_http");
+        let path = write_file("unknown", "regoin = \"x\"\n");
+        let err = Config::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("regoin"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,153 @@
+//! The one place where errors become HTTP statuses.
+//!
+//! Every error response is RFC 9457 `application/problem+json` with a
+//! `detail` that says what to fix. Client mistakes are 4xx and change
+//! nothing; 5xx is reserved for the node's own trouble.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meridian_crdt::{DocumentError, WriteError};
+use serde_json::{json, Map, Value as Json};
+
+use crate::node::NodeError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Short machine-friendly problem kind, used in the `type` URI.
+    pub kind: &'static str,
+    /// What went wrong and what to fix.
+    pub detail: String,
+    /// Extension members (e.g. `operation` for JSON Patch failures).
+    pub extra: Map<String, Json>,
+    /// Extra headers (e.g. `Allow`, `ETag`).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    /// A problem with the given status, kind and detail.
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            detail: detail.into(),
+            extra: Map::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, kind, detail)
+    }
+
+    /// 404 for a document id.
+    pub fn doc_not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("document {id:?} does not exist"),
+        )
+    }
+
+    /// Adds an extension member.
+    pub fn with(mut self, key: &str, value: impl Into<Json>) -> ApiError {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: header::HeaderName, value: &str) -> ApiError {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.push((name, value));
+        }
+        self
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(err: NodeError) -> ApiError {
+        match err {
+            NodeError::Unavailable(reason) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
+                    .with_header(header::RETRY_AFTER, "1")
+            }
+            NodeError::Write(WriteError::NotFound) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "document does not exist",
+            ),
+            NodeError::Write(WriteError::PreconditionFailed { current }) => {
+                let detail = match &current {
+                    Some(etag) => format!("If-Match does not match: the document's current ETag is {etag}; read it again and retry"),
+                    None => "If-Match was given but the document does not exist".to_string(),
+                };
+                let mut err = ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition-failed",
+                    detail,
+                );
+                if let Some(etag) = current {
+                    err = err.with_header(header::ETAG, &etag);
+                }
+                err
+            }
+            NodeError::Write(WriteError::Document(DocumentError::PatchFailed {
+                index,
+                op,
+                path,
+                reason,
+                conflict,
+            })) => {
+                let status = if conflict {
+                    StatusCode::CONFLICT
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                ApiError::new(status, "patch-failed", format!("JSON Patch operation {index} ({op} {path}) failed: {reason}; nothing was applied"))
+                    .with("operation", index)
+                    .with("path", path)
+            }
+            NodeError::Write(WriteError::Document(DocumentError::NotAnObject(reason))) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-an-object", reason)
+            }
+            NodeError::Write(WriteError::Document(
+                err @ (DocumentError::Corrupt(_) | DocumentError::Internal(_)),
+            )) => {
+                tracing::error!(cause = %err, "write failed inside the CRDT layer");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the node failed to apply the write; nothing was acknowledged",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let mut body = json!({
+            "type": format!("urn:meridian:problem:{}", self.kind),
+            "title": title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Json::Object(map) = &mut body {
+            map.extend(self.extra);
+        }
+        let mut response = (self.status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        response
+    }
+}

@@ -1,0 +1,432 @@
+//! The axum router for the v1 API, health, readiness and metrics.
+//!
+//! Handlers validate everything a client sends (ids, content types, JSON,
+//! nesting, query parameters) before the node sees it, so bad input is
+//! answered with a 4xx problem and changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meridian_crdt::patch::parse_patch;
+use meridian_crdt::{base64url, json as crdt_json, DocId, WriteOp, DEPTH_MAX};
+use serde_json::{json, Value as JsonValue};
+
+use crate::api::{ListResponse, WriteResponse, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, TOKEN_HEADER};
+use crate::error::ApiError;
+use crate::metrics::{self, HttpMetrics};
+use crate::node::{Node, WriteAck};
+
+/// HTTP-level limits.
+#[derive(Clone, Debug)]
+pub struct WebConfig {
+    /// Largest request body accepted (413 beyond).
+    pub body_limit_bytes: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            body_limit_bytes: 1 << 20,
+        }
+    }
+}
+
+struct AppState<N> {
+    node: Arc<N>,
+    http_metrics: Arc<HttpMetrics>,
+}
+
+impl<N> Clone for AppState<N> {
+    fn clone(&self) -> Self {
+        AppState {
+            node: self.node.clone(),
+            http_metrics: self.http_metrics.clone(),
+        }
+    }
+}
+
+/// Builds the router over `node`.
+pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
+    let http_metrics = Arc::new(HttpMetrics::default());
+    let state = AppState {
+        node,
+        http_metrics: http_metrics.clone(),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<N>))
+        .route("/metrics", get(render_metrics::<N>))
+        .route("/v1/docs", get(list_docs::<N>))
+        .route(
+            "/v1/docs/{*id}",
+            get(get_doc::<N>)
+                .put(put_doc::<N>)
+                .patch(patch_doc::<N>)
+                .delete(delete_doc::<N>),
+        )
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(http_metrics, metrics::track))
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<JsonValue> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz<N: Node>(State(state): State<AppState<N>>) -> Response {
+    if state.node.ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "storage is not open or recovery is still running",
+        )
+        .into_response()
+    }
+}
+
+async fn render_metrics<N: Node>(State(state): State<AppState<N>>) -> Response {
+    let mut out = String::with_capacity(8192);
+    state.http_metrics.render(&mut out);
+    state.node.render_metrics(&mut out);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        format!(
+            "no endpoint at {method} {}; documents live under /v1/docs/{{id}}",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!(
+            "{method} is not supported on {}; see the Allow header",
+            uri.path()
+        ),
+    )
+}
+
+fn doc_id(path: Result<Path<String>, PathRejection>) -> Result<DocId, ApiError> {
+    let Path(raw) = path.map_err(|rej| {
+        ApiError::bad_request(
+            "bad-id",
+            format!("invalid document path: {}", rej.body_text()),
+        )
+    })?;
+    DocId::new(&raw).map_err(|err| ApiError::bad_request("bad-id", err.to_string()))
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rej| {
+        let status = rej.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "body-too-large",
+                "request body is larger than the limit; send a smaller document",
+            )
+        } else {
+            ApiError::new(
+                status,
+                "bad-body",
+                format!("could not read the request body: {}", rej.body_text()),
+            )
+        }
+    })
+}
+
+/// The media type of the request, lower-cased, without parameters.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+fn parse_json(bytes: &[u8]) -> Result<JsonValue, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "malformed-json",
+            "the request body is empty; send a JSON document",
+        ));
+    }
+    let value: JsonValue = serde_json::from_slice(bytes).map_err(|err| {
+        if err.to_string().contains("recursion limit") {
+            too_deep()
+        } else {
+            ApiError::bad_request(
+                "malformed-json",
+                format!("the body is not valid JSON: {err}"),
+            )
+        }
+    })?;
+    if crdt_json::depth(&value) > DEPTH_MAX {
+        return Err(too_deep());
+    }
+    Ok(value)
+}
+
+fn too_deep() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too-deep",
+        format!("the JSON nests deeper than {DEPTH_MAX} levels; flatten the document"),
+    )
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<String>, ApiError> {
+    match headers.get(&name) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(|s| Some(s.to_string())).map_err(|_| {
+            ApiError::bad_request(
+                "bad-header",
+                format!("the {name} header is not visible ASCII"),
+            )
+        }),
+    }
+}
+
+fn write_response(ack: WriteAck) -> Response {
+    let status = if ack.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let token = ack.token.to_string();
+    let body = WriteResponse {
+        id: ack.id.to_string(),
+        token: token.clone(),
+        hlc: ack.hlc.to_string(),
+    };
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&token) {
+        headers.insert(TOKEN_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&ack.etag) {
+        headers.insert(header::ETAG, value);
+    }
+    if ack.created {
+        if let Ok(value) = HeaderValue::from_str(&format!("/v1/docs/{}", ack.id)) {
+            headers.insert(header::LOCATION, value);
+        }
+    }
+    response
+}
+
+/// Whether an `If-None-Match` list matches `etag` (weak comparison, RFC 9110).
+fn none_match(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+}
+
+async fn get_doc<N: Node>(
+    State(state): State<AppState<N>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = doc_id(path)?;
+    let if_none_match = header_text(&headers, header::IF_NONE_MATCH)?;
+    let Some(read) = state.node.read(id.clone()).await? else {
+        return Err(ApiError::doc_not_found(id.as_str()));
+    };
+    let token = read.token.to_string();
+    let mut response = if if_none_match.is_some_and(|list| none_match(&list, &read.etag)) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(read.json).into_response()
+    };
+    let out = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&read.etag) {
+        out.insert(header::ETAG, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&token) {
+        out.insert(TOKEN_HEADER, value);
+    }
+    Ok(response)
+}
+
+async fn put_doc<N: Node>(
+    State(state): State<AppState<N>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = doc_id(path)?;
+    match media_type(&headers).as_deref() {
+        Some("application/json") => {}
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                format!(
+                    "PUT needs Content-Type: application/json (got {})",
+                    other.unwrap_or("none")
+                ),
+            ))
+        }
+    }
+    let if_match = header_text(&headers, header::IF_MATCH)?;
+    let value = parse_json(&body_bytes(body)?)?;
+    let JsonValue::Object(object) = value else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not-an-object",
+            "a document must be a JSON object, like {\"name\": \"ada\"}",
+        ));
+    };
+    let ack = state.node.write(id, WriteOp::Put(object), if_match).await?;
+    Ok(write_response(ack))
+}
+
+async fn patch_doc<N: Node>(
+    State(state): State<AppState<N>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = doc_id(path)?;
+    let kind = media_type(&headers);
+    let if_match = header_text(&headers, header::IF_MATCH)?;
+    let op = match kind.as_deref() {
+        Some("application/merge-patch+json") => WriteOp::MergePatch(parse_json(&body_bytes(body)?)?),
+        Some("application/json-patch+json") => {
+            let value = parse_json(&body_bytes(body)?)?;
+            let ops = parse_patch(&value).map_err(|err| {
+                let problem = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-patch", format!("invalid JSON Patch: {err}"));
+                match err.index {
+                    Some(index) => problem.with("operation", index),
+                    None => problem,
+                }
+            })?;
+            WriteOp::JsonPatch(ops)
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                format!(
+                    "PATCH needs Content-Type: application/merge-patch+json (RFC 7396) or application/json-patch+json (RFC 6902) (got {})",
+                    other.unwrap_or("none")
+                ),
+            )
+            .with_header(header::HeaderName::from_static("accept-patch"), "application/merge-patch+json, application/json-patch+json"))
+        }
+    };
+    let ack = state.node.write(id, op, if_match).await?;
+    Ok(write_response(ack))
+}
+
+async fn delete_doc<N: Node>(
+    State(state): State<AppState<N>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = doc_id(path)?;
+    let if_match = header_text(&headers, header::IF_MATCH)?;
+    match state
+        .node
+        .write(id.clone(), WriteOp::Delete, if_match)
+        .await
+    {
+        Err(crate::NodeError::Write(meridian_crdt::WriteError::NotFound)) => {
+            Err(ApiError::doc_not_found(id.as_str()))
+        }
+        other => Ok(write_response(other?)),
+    }
+}
+
+async fn list_docs<N: Node>(
+    State(state): State<AppState<N>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
+    if let Some(unknown) = params
+        .keys()
+        .find(|k| !matches!(k.as_str(), "prefix" | "limit" | "cursor"))
+    {
+        return Err(ApiError::bad_request(
+            "bad-query",
+            format!("unknown query parameter {unknown:?}; use prefix, limit and cursor"),
+        ));
+    }
+    let prefix = params.get("prefix").map(String::as_str).unwrap_or("");
+    if !prefix.is_empty() {
+        DocId::new(prefix)
+            .map_err(|err| ApiError::bad_request("bad-query", format!("prefix: {err}")))?;
+    }
+    let limit = match params.get("limit") {
+        None => LIST_LIMIT_DEFAULT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=LIST_LIMIT_MAX).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad-query",
+                    format!(
+                        "limit must be a whole number from 1 to {LIST_LIMIT_MAX}, got {text:?}"
+                    ),
+                ))
+            }
+        },
+    };
+    let after = match params.get("cursor") {
+        None => None,
+        Some(cursor) => {
+            let decoded = base64url::decode(cursor)
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .filter(|id| DocId::new(id).is_ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad-cursor",
+                        "invalid cursor; pass next_cursor from the previous page back unchanged",
+                    )
+                })?;
+            Some(decoded)
+        }
+    };
+    let mut ids = state.node.list(prefix, after.as_deref(), limit + 1)?;
+    let next_cursor = if ids.len() > limit {
+        ids.truncate(limit);
+        ids.last()
+            .map(|id| base64url::encode(id.as_str().as_bytes()))
+    } else {
+        None
+    };
+    Ok(Json(ListResponse {
+        ids: ids.into_iter().map(|id| id.to_string()).collect(),
+        next_cursor,
+    })
+    .into_response())
+}
