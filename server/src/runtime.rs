@@ -724,20 +724,12 @@ impl NodeHandle {
 }
 
 impl Node for NodeHandle {
-    fn write(
-        &self,
-        id: DocId,
-        op: WriteOp,
-        if_match: Option<String>,
-    ) -> impl std::future::Future<Output = Result<WriteAck, NodeError>> + Send {
-        async move { self.get()?.write_inner(id, op, if_match).await }
+    async fn write(&self, id: DocId, op: WriteOp, if_match: Option<String>) -> Result<WriteAck, NodeError> {
+        self.get()?.write_inner(id, op, if_match).await
     }
 
-    fn read(
-        &self,
-        id: DocId,
-    ) -> impl std::future::Future<Output = Result<Option<DocRead>, NodeError>> + Send {
-        async move { self.get()?.read_inner(id).await }
+    async fn read(&self, id: DocId) -> Result<Option<DocRead>, NodeError> {
+        self.get()?.read_inner(id).await
     }
 
     fn list(
