@@ -724,7 +724,12 @@ impl NodeHandle {
 }
 
 impl Node for NodeHandle {
-    async fn write(&self, id: DocId, op: WriteOp, if_match: Option<String>) -> Result<WriteAck, NodeError> {
+    async fn write(
+        &self,
+        id: DocId,
+        op: WriteOp,
+        if_match: Option<String>,
+    ) -> Result<WriteAck, NodeError> {
         self.get()?.write_inner(id, op, if_match).await
     }
 
