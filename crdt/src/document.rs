@@ -169,6 +169,12 @@ impl Document {
         Ok(())
     }
 
+    /// Merges another replica's copy of this document into this one.
+    pub fn merge(&mut self, other: &mut Document) -> Result<(), DocumentError> {
+        self.doc.merge(&mut other.doc)?;
+        Ok(())
+    }
+
     /// Hashes of dependencies that are referenced but missing (changes held back).
     pub fn missing_deps(&self) -> Vec<ChangeHash> {
         self.doc.get_missing_deps(&[])

@@ -87,6 +87,8 @@ pub struct Replica {
     node: NodeId,
     docs: HashMap<DocId, DocState>,
     live_ids: BTreeSet<String>,
+    /// Every document held, existing or deleted (deletes must travel in state transfer).
+    all_ids: BTreeSet<String>,
     vv: VersionVector,
     log: ChangeLog,
     last_seq: u64,
@@ -99,6 +101,7 @@ impl Replica {
             node,
             docs: HashMap::new(),
             live_ids: BTreeSet::new(),
+            all_ids: BTreeSet::new(),
             vv: VersionVector::new(),
             log: ChangeLog::new(),
             last_seq: 0,
@@ -125,10 +128,7 @@ impl Replica {
         hlc: Hlc,
         if_match: Option<&str>,
     ) -> Result<WriteReceipt, WriteError> {
-        let state = self.docs.entry(id.clone()).or_insert_with(|| DocState {
-            doc: Document::new(),
-            last_local_seq: 0,
-        });
+        let state = Self::doc_entry(&mut self.docs, &mut self.all_ids, id);
         let existed = state.doc.exists();
         if let Some(expected) = if_match {
             let matches = existed
@@ -210,10 +210,7 @@ impl Replica {
             }
         }
         for (id, changes) in per_doc {
-            let state = self.docs.entry(id.clone()).or_insert_with(|| DocState {
-                doc: Document::new(),
-                last_local_seq: 0,
-            });
+            let state = Self::doc_entry(&mut self.docs, &mut self.all_ids, &id);
             if let Err(err) = state.doc.apply_changes(changes) {
                 // A change automerge cannot apply: refuse every record of this document's batch.
                 for record in accepted.iter().filter(|r| r.doc == id) {
@@ -244,6 +241,7 @@ impl Replica {
 
     /// Installs a document loaded from a snapshot (recovery, state transfer).
     pub fn insert_document(&mut self, id: DocId, doc: Document) {
+        self.all_ids.insert(id.as_str().to_string());
         let exists = doc.exists();
         self.docs.insert(
             id.clone(),
@@ -253,6 +251,35 @@ impl Replica {
             },
         );
         self.track_existence(&id, exists);
+    }
+
+    /// Merges a document received by state transfer into ours (automerge
+    /// merge: idempotent, order-independent).
+    pub fn merge_document(&mut self, id: DocId, mut other: Document) -> Result<(), DocumentError> {
+        match self.docs.get_mut(&id) {
+            Some(state) => state.doc.merge(&mut other)?,
+            None => {
+                self.insert_document(id.clone(), other);
+                return Ok(());
+            }
+        }
+        let exists = self.docs.get(&id).is_some_and(|s| s.doc.exists());
+        self.track_existence(&id, exists);
+        Ok(())
+    }
+
+    /// Every document id held (existing or deleted), in order, after `after`, at most `limit`.
+    pub fn all_doc_ids(&self, after: Option<&str>, limit: usize) -> Vec<DocId> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) => Bound::Excluded(after.to_string()),
+            None => Bound::Unbounded,
+        };
+        self.all_ids
+            .range::<String, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|id| DocId::new(id).expect("stored ids are valid"))
+            .collect()
     }
 
     /// Records that every change in `vv` is held (their documents came from
@@ -307,6 +334,22 @@ impl Replica {
     /// The change log, for truncation.
     pub fn log_mut(&mut self) -> &mut ChangeLog {
         &mut self.log
+    }
+
+    /// The entry for `id`, created (holding only the genesis change) if absent.
+    /// Every path that creates a document goes through here, so `all_ids` stays complete.
+    fn doc_entry<'a>(
+        docs: &'a mut HashMap<DocId, DocState>,
+        all_ids: &mut BTreeSet<String>,
+        id: &DocId,
+    ) -> &'a mut DocState {
+        if !all_ids.contains(id.as_str()) {
+            all_ids.insert(id.as_str().to_string());
+        }
+        docs.entry(id.clone()).or_insert_with(|| DocState {
+            doc: Document::new(),
+            last_local_seq: 0,
+        })
     }
 
     fn track_existence(&mut self, id: &DocId, exists: bool) {

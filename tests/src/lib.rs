@@ -278,3 +278,5 @@ mod probe {
         }
     }
 }
+
+pub mod sim;
