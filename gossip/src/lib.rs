@@ -14,6 +14,8 @@ pub mod core;
 pub mod message;
 
 #[cfg(feature = "driver")]
+pub mod driver;
+#[cfg(feature = "driver")]
 pub mod link;
 
 pub use crate::core::{
