@@ -29,13 +29,7 @@ const MESSAGE_PREFIX: &str = "meridian/1 ";
 impl ChangeMeta {
     /// The automerge change message carrying this metadata.
     pub fn to_message(&self) -> String {
-        format!(
-            "{MESSAGE_PREFIX}{} {} {} {}",
-            self.origin,
-            self.seq,
-            self.hlc.wall_ns(),
-            self.hlc.logical()
-        )
+        format!("{MESSAGE_PREFIX}{} {} {} {}", self.origin, self.seq, self.hlc.wall_ns(), self.hlc.logical())
     }
 
     /// Reads metadata back from a change message; `None` for changes Meridian
@@ -47,11 +41,7 @@ impl ChangeMeta {
         let seq = parts.next()?.parse().ok()?;
         let wall_ns = parts.next()?.parse().ok()?;
         let logical = parts.next()?.parse().ok()?;
-        Some(ChangeMeta {
-            origin,
-            seq,
-            hlc: Hlc::new(wall_ns, logical),
-        })
+        Some(ChangeMeta { origin, seq, hlc: Hlc::new(wall_ns, logical) })
     }
 }
 
@@ -127,17 +117,14 @@ impl ChangeRecord {
         if version != RECORD_VERSION {
             return Err(RecordDecodeError::Version(version));
         }
-        let origin = NodeId(u64::from_be_bytes(
-            reader.take(8)?.try_into().expect("8 bytes"),
-        ));
+        let origin = NodeId(u64::from_be_bytes(reader.take(8)?.try_into().expect("8 bytes")));
         let seq = reader.varint()?;
         let hlc = Hlc::from_bytes(reader.take(12)?.try_into().expect("12 bytes"));
         let doc_len = reader.varint()? as usize;
         if doc_len > DocId::LEN_MAX {
             return Err(RecordDecodeError::DocId);
         }
-        let doc_text =
-            std::str::from_utf8(reader.take(doc_len)?).map_err(|_| RecordDecodeError::DocId)?;
+        let doc_text = std::str::from_utf8(reader.take(doc_len)?).map_err(|_| RecordDecodeError::DocId)?;
         let doc = DocId::new(doc_text).map_err(|_| RecordDecodeError::DocId)?;
         let count = reader.varint()? as usize;
         if count > RECORD_CHANGES_MAX {
@@ -151,11 +138,7 @@ impl ChangeRecord {
         if !reader.0.is_empty() {
             return Err(RecordDecodeError::Trailing);
         }
-        Ok(ChangeRecord {
-            meta: ChangeMeta { origin, seq, hlc },
-            doc,
-            changes,
-        })
+        Ok(ChangeRecord { meta: ChangeMeta { origin, seq, hlc }, doc, changes })
     }
 }
 
@@ -185,11 +168,7 @@ mod tests {
 
     fn sample() -> ChangeRecord {
         ChangeRecord {
-            meta: ChangeMeta {
-                origin: NodeId(42),
-                seq: 7,
-                hlc: Hlc::new(123_456_789, 3),
-            },
+            meta: ChangeMeta { origin: NodeId(42), seq: 7, hlc: Hlc::new(123_456_789, 3) },
             doc: DocId::new("users/42").unwrap(),
             changes: vec![vec![1, 2, 3], vec![]],
         }
@@ -212,17 +191,11 @@ mod tests {
     fn every_truncation_is_refused() {
         let bytes = sample().encode();
         for len in 0..bytes.len() {
-            assert!(
-                ChangeRecord::decode(&bytes[..len]).is_err(),
-                "prefix of {len} bytes accepted"
-            );
+            assert!(ChangeRecord::decode(&bytes[..len]).is_err(), "prefix of {len} bytes accepted");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert_eq!(
-            ChangeRecord::decode(&longer),
-            Err(RecordDecodeError::Trailing)
-        );
+        assert_eq!(ChangeRecord::decode(&longer), Err(RecordDecodeError::Trailing));
     }
 
     proptest! {

@@ -32,8 +32,8 @@
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
-    ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue,
-    Value as AmValue, ROOT,
+    ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value as AmValue,
+    ROOT,
 };
 use serde_json::{Map, Value as Json};
 
@@ -96,14 +96,8 @@ impl Document {
     pub fn new() -> Document {
         let mut doc = Automerge::new().with_actor(ActorId::from(GENESIS_ACTOR));
         let mut tx = doc.transaction();
-        let data = tx
-            .put_object(ROOT, DATA_KEY, ObjType::Map)
-            .expect("genesis put on an empty document");
-        tx.commit_with(
-            CommitOptions::default()
-                .with_message(GENESIS_MESSAGE)
-                .with_time(0),
-        );
+        let data = tx.put_object(ROOT, DATA_KEY, ObjType::Map).expect("genesis put on an empty document");
+        tx.commit_with(CommitOptions::default().with_message(GENESIS_MESSAGE).with_time(0));
         Document { doc, data }
     }
 
@@ -112,11 +106,7 @@ impl Document {
         let doc = Automerge::load(bytes).map_err(|e| DocumentError::Corrupt(e.to_string()))?;
         let data = match doc.get(ROOT, DATA_KEY) {
             Ok(Some((AmValue::Object(ObjType::Map), id))) => id,
-            _ => {
-                return Err(DocumentError::Corrupt(
-                    "no data map: not a Meridian document".into(),
-                ))
-            }
+            _ => return Err(DocumentError::Corrupt("no data map: not a Meridian document".into())),
         };
         Ok(Document { doc, data })
     }
@@ -133,8 +123,7 @@ impl Document {
 
     /// The document as JSON, or `None` if it does not exist.
     pub fn to_json(&self) -> Option<Json> {
-        self.exists()
-            .then(|| json::read_object(&self.doc, &self.data, ObjType::Map, None))
+        self.exists().then(|| json::read_object(&self.doc, &self.data, ObjType::Map, None))
     }
 
     /// Current heads, sorted, so equal states give equal lists.
@@ -181,11 +170,7 @@ impl Document {
     }
 
     /// Replaces the document's content with `object` (PUT).
-    pub fn put(
-        &mut self,
-        object: &Map<String, Json>,
-        meta: &ChangeMeta,
-    ) -> Result<Vec<Change>, DocumentError> {
+    pub fn put(&mut self, object: &Map<String, Json>, meta: &ChangeMeta) -> Result<Vec<Change>, DocumentError> {
         let data = self.data.clone();
         self.commit(meta, Vec::new(), |tx| {
             json::update_map(tx, &data, object)?;
@@ -194,11 +179,7 @@ impl Document {
     }
 
     /// Applies an RFC 7396 merge patch (PATCH, `application/merge-patch+json`).
-    pub fn merge_patch(
-        &mut self,
-        patch: &Json,
-        meta: &ChangeMeta,
-    ) -> Result<Vec<Change>, DocumentError> {
+    pub fn merge_patch(&mut self, patch: &Json, meta: &ChangeMeta) -> Result<Vec<Change>, DocumentError> {
         let Json::Object(patch) = patch else {
             return Err(DocumentError::NotAnObject(
                 "a merge patch for a document must be a JSON object (the document itself is always an object)".into(),
@@ -212,11 +193,7 @@ impl Document {
     }
 
     /// Applies an RFC 6902 JSON Patch, all or nothing (PATCH, `application/json-patch+json`).
-    pub fn json_patch(
-        &mut self,
-        ops: &[PatchOp],
-        meta: &ChangeMeta,
-    ) -> Result<Vec<Change>, DocumentError> {
+    pub fn json_patch(&mut self, ops: &[PatchOp], meta: &ChangeMeta) -> Result<Vec<Change>, DocumentError> {
         // First pass: find counters that must be created. Creating them is a
         // separate deterministic change, which cannot be undone, so it is only
         // made once the whole patch is known to succeed.
@@ -235,9 +212,7 @@ impl Document {
             }
         }
         let data = self.data.clone();
-        self.commit(meta, prelude, |tx| {
-            apply_ops(tx, &data, ops, &mut Vec::new())
-        })
+        self.commit(meta, prelude, |tx| apply_ops(tx, &data, ops, &mut Vec::new()))
     }
 
     /// Deletes the document: removes every field seen here and marks it not live.
@@ -252,12 +227,7 @@ impl Document {
         })
     }
 
-    fn commit<F>(
-        &mut self,
-        meta: &ChangeMeta,
-        prelude: Vec<Change>,
-        edit: F,
-    ) -> Result<Vec<Change>, DocumentError>
+    fn commit<F>(&mut self, meta: &ChangeMeta, prelude: Vec<Change>, edit: F) -> Result<Vec<Change>, DocumentError>
     where
         F: FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), DocumentError>,
     {
@@ -311,16 +281,10 @@ impl Document {
             return Ok(None);
         };
         let mut fork = self.doc.fork_at(&[parent_change])?;
-        fork.set_actor(ActorId::from(
-            format!("meridian/counter/{obj}/{key}").into_bytes(),
-        ));
+        fork.set_actor(ActorId::from(format!("meridian/counter/{obj}/{key}").into_bytes()));
         let mut tx = fork.transaction();
         tx.put(obj, key, ScalarValue::counter(0))?;
-        let (hash, _) = tx.commit_with(
-            CommitOptions::default()
-                .with_message(COUNTER_MESSAGE)
-                .with_time(0),
-        );
+        let (hash, _) = tx.commit_with(CommitOptions::default().with_message(COUNTER_MESSAGE).with_time(0));
         let hash = hash.expect("one op");
         if self.doc.get_change_by_hash(&hash).is_some() {
             return Ok(None);
@@ -362,11 +326,7 @@ enum Target {
     /// A member of a map (which may or may not exist).
     Member { obj: ObjId, key: String },
     /// An index of a list (may be one past the end).
-    Element {
-        obj: ObjId,
-        index: usize,
-        len: usize,
-    },
+    Element { obj: ObjId, index: usize, len: usize },
     /// `-`: one past the end of a list.
     End { obj: ObjId, len: usize },
 }
@@ -378,17 +338,11 @@ struct OpFailure {
 }
 
 fn conflict(reason: impl Into<String>) -> OpFailure {
-    OpFailure {
-        reason: reason.into(),
-        conflict: true,
-    }
+    OpFailure { reason: reason.into(), conflict: true }
 }
 
 fn invalid(reason: impl Into<String>) -> OpFailure {
-    OpFailure {
-        reason: reason.into(),
-        conflict: false,
-    }
+    OpFailure { reason: reason.into(), conflict: false }
 }
 
 impl From<AutomergeError> for OpFailure {
@@ -446,9 +400,9 @@ fn apply_op<T: Transactable>(
                 Target::Element { obj, index, len } if index < len => {
                     Ok(json::update_slot(tx, &obj, &Slot::Index(index), value)?)
                 }
-                Target::Element { index, len, .. } => Err(conflict(format!(
-                    "index {index} is out of range (array length {len})"
-                ))),
+                Target::Element { index, len, .. } => {
+                    Err(conflict(format!("index {index} is out of range (array length {len})")))
+                }
                 Target::End { .. } => Err(invalid("'-' names no element to replace")),
             }
         }
@@ -472,9 +426,7 @@ fn apply_op<T: Transactable>(
             if json::json_eq(&current, value) {
                 Ok(())
             } else {
-                Err(conflict(format!(
-                    "test failed: the value is {current}, not {value}"
-                )))
+                Err(conflict(format!("test failed: the value is {current}, not {value}")))
             }
         }
         PatchOp::Increment { path, value } => {
@@ -483,9 +435,7 @@ fn apply_op<T: Transactable>(
                 Target::Member { obj, key } => (obj, Slot::Key(key)),
                 Target::Element { obj, index, len } if index < len => (obj, Slot::Index(index)),
                 Target::Element { .. } | Target::End { .. } => {
-                    return Err(conflict(
-                        "no array element there; counters in arrays must already exist",
-                    ))
+                    return Err(conflict("no array element there; counters in arrays must already exist"))
                 }
             };
             let prop = match &slot {
@@ -502,9 +452,7 @@ fn apply_op<T: Transactable>(
                 Some(AmValue::Scalar(s)) if matches!(s.as_ref(), ScalarValue::Counter(_)) => {
                     tx.increment(&obj, prop, *value)?;
                 }
-                Some(AmValue::Scalar(s))
-                    if s.as_i64().is_some() && !matches!(s.as_ref(), ScalarValue::F64(_)) =>
-                {
+                Some(AmValue::Scalar(s)) if s.as_i64().is_some() && !matches!(s.as_ref(), ScalarValue::F64(_)) => {
                     // A plain integer becomes a counter starting from its value.
                     let start = s.as_i64().unwrap_or(0);
                     tx.put(&obj, prop, ScalarValue::counter(start.wrapping_add(*value)))?;
@@ -518,10 +466,7 @@ fn apply_op<T: Transactable>(
 
 fn check_depth(path: &Pointer, value: &Json) -> Result<(), OpFailure> {
     if path.tokens.len() + json::depth(value) > crate::DEPTH_MAX {
-        return Err(invalid(format!(
-            "the result would nest deeper than {} levels",
-            crate::DEPTH_MAX
-        )));
+        return Err(invalid(format!("the result would nest deeper than {} levels", crate::DEPTH_MAX)));
     }
     Ok(())
 }
@@ -533,22 +478,15 @@ fn replace_root<T: Transactable>(tx: &mut T, data: &ObjId, value: &Json) -> Resu
     }
 }
 
-fn add<T: Transactable>(
-    tx: &mut T,
-    data: &ObjId,
-    path: &Pointer,
-    value: &Json,
-) -> Result<(), OpFailure> {
+fn add<T: Transactable>(tx: &mut T, data: &ObjId, path: &Pointer, value: &Json) -> Result<(), OpFailure> {
     check_depth(path, value)?;
     match resolve(tx, data, path)? {
         Target::Root => replace_root(tx, data, value),
         Target::Member { obj, key } => Ok(json::update_slot(tx, &obj, &Slot::Key(key), value)?),
-        Target::Element { obj, index, len } if index <= len => {
-            Ok(json::insert_new(tx, &obj, index, value)?)
+        Target::Element { obj, index, len } if index <= len => Ok(json::insert_new(tx, &obj, index, value)?),
+        Target::Element { index, len, .. } => {
+            Err(conflict(format!("index {index} is out of range (array length {len})")))
         }
-        Target::Element { index, len, .. } => Err(conflict(format!(
-            "index {index} is out of range (array length {len})"
-        ))),
         Target::End { obj, len } => Ok(json::insert_new(tx, &obj, len, value)?),
     }
 }
@@ -563,9 +501,9 @@ fn remove<T: Transactable>(tx: &mut T, data: &ObjId, path: &Pointer) -> Result<(
             Ok(tx.delete(&obj, key.as_str())?)
         }
         Target::Element { obj, index, len } if index < len => Ok(tx.delete(&obj, index)?),
-        Target::Element { index, len, .. } => Err(conflict(format!(
-            "index {index} is out of range (array length {len})"
-        ))),
+        Target::Element { index, len, .. } => {
+            Err(conflict(format!("index {index} is out of range (array length {len})")))
+        }
         Target::End { .. } => Err(invalid("'-' names no element to remove")),
     }
 }
@@ -594,9 +532,7 @@ fn resolve<T: Transactable>(tx: &T, data: &ObjId, path: &Pointer) -> Result<Targ
     let mut obj = data.clone();
     let mut typ = ObjType::Map;
     for (depth, token) in parents.iter().enumerate() {
-        let here = || Pointer {
-            tokens: path.tokens[..=depth].to_vec(),
-        };
+        let here = || Pointer { tokens: path.tokens[..=depth].to_vec() };
         let child = match typ {
             ObjType::Map | ObjType::Table => tx.get(&obj, token.as_str())?,
             ObjType::List => {
@@ -624,30 +560,20 @@ fn resolve<T: Transactable>(tx: &T, data: &ObjId, path: &Pointer) -> Result<Targ
                 Ok(Target::Element { obj, index, len })
             }
         }
-        _ => Ok(Target::Member {
-            obj,
-            key: last.clone(),
-        }),
+        _ => Ok(Target::Member { obj, key: last.clone() }),
     }
 }
 
 fn parse_index(token: &str, len: usize) -> Result<usize, OpFailure> {
-    let valid = !token.is_empty()
-        && token.bytes().all(|b| b.is_ascii_digit())
-        && (token == "0" || !token.starts_with('0'));
+    let valid =
+        !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) && (token == "0" || !token.starts_with('0'));
     let index: usize = if valid {
-        token
-            .parse()
-            .map_err(|_| invalid(format!("array index {token:?} is too large")))?
+        token.parse().map_err(|_| invalid(format!("array index {token:?} is too large")))?
     } else {
-        return Err(invalid(format!(
-            "{token:?} is not an array index (digits without leading zeros, or '-')"
-        )));
+        return Err(invalid(format!("{token:?} is not an array index (digits without leading zeros, or '-')")));
     };
     if index >= len && len != usize::MAX {
-        return Err(conflict(format!(
-            "index {index} is out of range (array length {len})"
-        )));
+        return Err(conflict(format!("index {index} is out of range (array length {len})")));
     }
     Ok(index)
 }

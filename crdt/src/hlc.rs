@@ -37,11 +37,7 @@ impl Hlc {
 
     /// Builds a timestamp from wall nanoseconds and a logical counter.
     pub fn new(wall_ns: u64, logical: u32) -> Hlc {
-        Hlc(Timestamp {
-            epoch: 0,
-            time: WallNST::of_u64(wall_ns),
-            count: logical,
-        })
+        Hlc(Timestamp { epoch: 0, time: WallNST::of_u64(wall_ns), count: logical })
     }
 
     /// Wall-clock part, nanoseconds since the Unix epoch.
@@ -81,26 +77,17 @@ impl Hlc {
 
     /// Parses the text form (see the module docs).
     pub fn parse(input: &str) -> Result<Hlc, HlcParseError> {
-        let err = |reason| HlcParseError {
-            input: input.chars().take(80).collect(),
-            reason,
-        };
+        let err = |reason| HlcParseError { input: input.chars().take(80).collect(), reason };
         let (time_part, logical) = match input.rsplit_once('_') {
             Some((time, count)) => {
-                let logical = count
-                    .parse::<u32>()
-                    .map_err(|_| err("the logical counter after '_' is not a number"))?;
+                let logical = count.parse::<u32>().map_err(|_| err("the logical counter after '_' is not a number"))?;
                 (time, logical)
             }
             None => (input, 0),
         };
-        let system_time =
-            humantime::parse_rfc3339_weak(time_part).map_err(|_| err("not an RFC 3339 time"))?;
-        let since_epoch = system_time
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| err("before 1970"))?;
-        let wall_ns =
-            u64::try_from(since_epoch.as_nanos()).map_err(|_| err("too far in the future"))?;
+        let system_time = humantime::parse_rfc3339_weak(time_part).map_err(|_| err("not an RFC 3339 time"))?;
+        let since_epoch = system_time.duration_since(UNIX_EPOCH).map_err(|_| err("before 1970"))?;
+        let wall_ns = u64::try_from(since_epoch.as_nanos()).map_err(|_| err("too far in the future"))?;
         Ok(Hlc::new(wall_ns, logical))
     }
 }
@@ -108,12 +95,7 @@ impl Hlc {
 impl fmt::Display for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let time = UNIX_EPOCH + Duration::from_nanos(self.wall_ns());
-        write!(
-            f,
-            "{}_{}",
-            humantime::format_rfc3339_nanos(time),
-            self.logical()
-        )
+        write!(f, "{}_{}", humantime::format_rfc3339_nanos(time), self.logical())
     }
 }
 

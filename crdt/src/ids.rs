@@ -44,9 +44,7 @@ impl FromStr for NodeId {
         if s.len() != 16 {
             return Err(NodeIdParseError(s.chars().take(40).collect()));
         }
-        u64::from_str_radix(s, 16)
-            .map(NodeId)
-            .map_err(|_| NodeIdParseError(s.to_string()))
+        u64::from_str_radix(s, 16).map(NodeId).map_err(|_| NodeIdParseError(s.to_string()))
     }
 }
 
@@ -71,9 +69,7 @@ pub enum DocIdError {
     #[error("document id is {0} characters long; the limit is 256")]
     TooLong(usize),
     /// The id holds a character outside the allowed set.
-    #[error(
-        "document id contains {0:?}, which is not allowed; use only A-Z a-z 0-9 . _ ~ : @ - /"
-    )]
+    #[error("document id contains {0:?}, which is not allowed; use only A-Z a-z 0-9 . _ ~ : @ - /")]
     BadChar(char),
 }
 

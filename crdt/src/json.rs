@@ -12,18 +12,11 @@
 //! difference, so concurrent increments are not lost to a read-modify-write.
 
 use automerge::transaction::Transactable;
-use automerge::{
-    AutomergeError, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value as AmValue,
-};
+use automerge::{AutomergeError, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value as AmValue};
 use serde_json::{Map, Number, Value as Json};
 
 /// Reads the object `obj` of type `typ` as JSON, optionally as of `heads`.
-pub fn read_object<R: ReadDoc>(
-    doc: &R,
-    obj: &ObjId,
-    typ: ObjType,
-    heads: Option<&[ChangeHash]>,
-) -> Json {
+pub fn read_object<R: ReadDoc>(doc: &R, obj: &ObjId, typ: ObjType, heads: Option<&[ChangeHash]>) -> Json {
     match typ {
         ObjType::Map | ObjType::Table => {
             let keys: Vec<String> = match heads {
@@ -70,12 +63,7 @@ pub fn read_object<R: ReadDoc>(
 }
 
 /// Reads one value (scalar or object) as JSON.
-pub fn read_value<R: ReadDoc>(
-    doc: &R,
-    value: AmValue<'_>,
-    id: &ObjId,
-    heads: Option<&[ChangeHash]>,
-) -> Json {
+pub fn read_value<R: ReadDoc>(doc: &R, value: AmValue<'_>, id: &ObjId, heads: Option<&[ChangeHash]>) -> Json {
     match value {
         AmValue::Object(typ) => read_object(doc, id, typ, heads),
         AmValue::Scalar(scalar) => scalar_to_json(&scalar),
@@ -119,20 +107,14 @@ fn json_to_scalar(value: &Json) -> Option<ScalarValue> {
 /// JSON equality with RFC 6902 number semantics (1 equals 1.0).
 pub fn json_eq(a: &Json, b: &Json) -> bool {
     match (a, b) {
-        (Json::Number(x), Json::Number(y)) => {
-            match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
-                (Some(x), Some(y), _, _) => x == y,
-                (_, _, Some(x), Some(y)) => x == y,
-                _ => x.as_f64() == y.as_f64(),
-            }
-        }
-        (Json::Array(x), Json::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
-        }
+        (Json::Number(x), Json::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+            (Some(x), Some(y), _, _) => x == y,
+            (_, _, Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b)),
         (Json::Object(x), Json::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -166,12 +148,7 @@ impl Slot {
 }
 
 /// Writes `value` into a fresh slot: sets a map key, or overwrites a list element.
-pub fn put_new<T: Transactable>(
-    tx: &mut T,
-    obj: &ObjId,
-    slot: &Slot,
-    value: &Json,
-) -> Result<(), AutomergeError> {
+pub fn put_new<T: Transactable>(tx: &mut T, obj: &ObjId, slot: &Slot, value: &Json) -> Result<(), AutomergeError> {
     match value {
         Json::Object(map) => {
             let child = tx.put_object(obj, slot.prop(), ObjType::Map)?;
@@ -186,12 +163,7 @@ pub fn put_new<T: Transactable>(
 }
 
 /// Inserts `value` into a list at `index`, shifting later elements.
-pub fn insert_new<T: Transactable>(
-    tx: &mut T,
-    list: &ObjId,
-    index: usize,
-    value: &Json,
-) -> Result<(), AutomergeError> {
+pub fn insert_new<T: Transactable>(tx: &mut T, list: &ObjId, index: usize, value: &Json) -> Result<(), AutomergeError> {
     match value {
         Json::Object(map) => {
             let child = tx.insert_object(list, index, ObjType::Map)?;
@@ -205,22 +177,14 @@ pub fn insert_new<T: Transactable>(
     }
 }
 
-fn fill_map<T: Transactable>(
-    tx: &mut T,
-    obj: &ObjId,
-    map: &Map<String, Json>,
-) -> Result<(), AutomergeError> {
+fn fill_map<T: Transactable>(tx: &mut T, obj: &ObjId, map: &Map<String, Json>) -> Result<(), AutomergeError> {
     for (key, value) in map {
         put_new(tx, obj, &Slot::Key(key.clone()), value)?;
     }
     Ok(())
 }
 
-fn fill_list<T: Transactable>(
-    tx: &mut T,
-    obj: &ObjId,
-    items: &[Json],
-) -> Result<(), AutomergeError> {
+fn fill_list<T: Transactable>(tx: &mut T, obj: &ObjId, items: &[Json]) -> Result<(), AutomergeError> {
     for (index, value) in items.iter().enumerate() {
         insert_new(tx, obj, index, value)?;
     }
@@ -228,11 +192,7 @@ fn fill_list<T: Transactable>(
 }
 
 /// Makes the map `obj` equal `wanted` with the smallest edit.
-pub fn update_map<T: Transactable>(
-    tx: &mut T,
-    obj: &ObjId,
-    wanted: &Map<String, Json>,
-) -> Result<(), AutomergeError> {
+pub fn update_map<T: Transactable>(tx: &mut T, obj: &ObjId, wanted: &Map<String, Json>) -> Result<(), AutomergeError> {
     let existing: Vec<String> = tx.keys(obj).collect();
     for key in existing {
         if !wanted.contains_key(&key) {
@@ -248,27 +208,14 @@ pub fn update_map<T: Transactable>(
 /// Makes the value at `slot` of `obj` equal `wanted` with the smallest edit:
 /// recursing into containers of the same kind, incrementing counters, and
 /// leaving equal values untouched.
-pub fn update_slot<T: Transactable>(
-    tx: &mut T,
-    obj: &ObjId,
-    slot: &Slot,
-    wanted: &Json,
-) -> Result<(), AutomergeError> {
-    let current = tx
-        .get(obj, slot.prop())?
-        .map(|(v, id)| (v.into_owned(), id));
+pub fn update_slot<T: Transactable>(tx: &mut T, obj: &ObjId, slot: &Slot, wanted: &Json) -> Result<(), AutomergeError> {
+    let current = tx.get(obj, slot.prop())?.map(|(v, id)| (v.into_owned(), id));
     match (current, wanted) {
         (None, _) => put_new(tx, obj, slot, wanted),
-        (Some((AmValue::Object(ObjType::Map), child)), Json::Object(map)) => {
-            update_map(tx, &child, map)
-        }
-        (Some((AmValue::Object(ObjType::List), child)), Json::Array(items)) => {
-            update_list(tx, &child, items)
-        }
+        (Some((AmValue::Object(ObjType::Map), child)), Json::Object(map)) => update_map(tx, &child, map),
+        (Some((AmValue::Object(ObjType::List), child)), Json::Array(items)) => update_list(tx, &child, items),
         (Some((AmValue::Scalar(scalar), _)), _) => {
-            if let (ScalarValue::Counter(counter), Some(target)) =
-                (scalar.as_ref(), wanted.as_i64())
-            {
+            if let (ScalarValue::Counter(counter), Some(target)) = (scalar.as_ref(), wanted.as_i64()) {
                 let delta = target.wrapping_sub(i64::from(counter));
                 if delta != 0 {
                     tx.increment(obj, slot.prop(), delta)?;
@@ -292,36 +239,19 @@ pub fn update_slot<T: Transactable>(
 
 /// Makes the list `obj` equal `wanted`: keep the common prefix and suffix,
 /// edit the middle element by element, then insert or delete the rest.
-pub fn update_list<T: Transactable>(
-    tx: &mut T,
-    obj: &ObjId,
-    wanted: &[Json],
-) -> Result<(), AutomergeError> {
+pub fn update_list<T: Transactable>(tx: &mut T, obj: &ObjId, wanted: &[Json]) -> Result<(), AutomergeError> {
     let current = match read_object(tx, obj, ObjType::List, None) {
         Json::Array(items) => items,
         _ => Vec::new(),
     };
-    let prefix = current
-        .iter()
-        .zip(wanted)
-        .take_while(|(a, b)| json_eq(a, b))
-        .count();
-    let suffix = current[prefix..]
-        .iter()
-        .rev()
-        .zip(wanted[prefix..].iter().rev())
-        .take_while(|(a, b)| json_eq(a, b))
-        .count();
+    let prefix = current.iter().zip(wanted).take_while(|(a, b)| json_eq(a, b)).count();
+    let suffix =
+        current[prefix..].iter().rev().zip(wanted[prefix..].iter().rev()).take_while(|(a, b)| json_eq(a, b)).count();
     let old_middle = current.len() - prefix - suffix;
     let new_middle = wanted.len() - prefix - suffix;
     let shared = old_middle.min(new_middle);
     for offset in 0..shared {
-        update_slot(
-            tx,
-            obj,
-            &Slot::Index(prefix + offset),
-            &wanted[prefix + offset],
-        )?;
+        update_slot(tx, obj, &Slot::Index(prefix + offset), &wanted[prefix + offset])?;
     }
     if new_middle > old_middle {
         for offset in shared..new_middle {
@@ -361,12 +291,9 @@ pub fn merge_patch_map<T: Transactable>(
 /// A merge-patch value applied to nothing: the value with null members removed.
 fn strip_nulls(value: &Json) -> Json {
     match value {
-        Json::Object(map) => Json::Object(
-            map.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), strip_nulls(v)))
-                .collect(),
-        ),
+        Json::Object(map) => {
+            Json::Object(map.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect())
+        }
         other => other.clone(),
     }
 }
@@ -398,10 +325,7 @@ mod tests {
     #[test]
     fn numbers_compare_by_value() {
         assert!(json_eq(&json!(1), &json!(1.0)));
-        assert!(json_eq(
-            &json!({"a":[1,{"b":2}]}),
-            &json!({"a":[1.0,{"b":2}]})
-        ));
+        assert!(json_eq(&json!({"a":[1,{"b":2}]}), &json!({"a":[1.0,{"b":2}]})));
         assert!(!json_eq(&json!("1"), &json!(1)));
         assert!(!json_eq(&json!([1, 2]), &json!([2, 1])));
     }

@@ -40,23 +40,13 @@ impl ChangeLog {
     }
 
     /// Records of one origin within a sequence range, in order.
-    pub fn range(
-        &self,
-        origin: NodeId,
-        seqs: RangeInclusive<u64>,
-    ) -> impl Iterator<Item = &ChangeRecord> {
-        self.records
-            .range((origin, *seqs.start())..=(origin, *seqs.end()))
-            .map(|(_, r)| r)
+    pub fn range(&self, origin: NodeId, seqs: RangeInclusive<u64>) -> impl Iterator<Item = &ChangeRecord> {
+        self.records.range((origin, *seqs.start())..=(origin, *seqs.end())).map(|(_, r)| r)
     }
 
     /// Drops every record of `origin` with sequence `<= upto`; returns how many.
     pub fn truncate(&mut self, origin: NodeId, upto: u64) -> usize {
-        let keys: Vec<_> = self
-            .records
-            .range((origin, 0)..=(origin, upto))
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<_> = self.records.range((origin, 0)..=(origin, upto)).map(|(k, _)| *k).collect();
         for key in &keys {
             if let Some(record) = self.records.remove(key) {
                 self.change_bytes -= record.change_bytes();
@@ -67,10 +57,7 @@ impl ChangeLog {
 
     /// Lowest sequence number held for `origin`.
     pub fn first_seq(&self, origin: NodeId) -> Option<u64> {
-        self.records
-            .range((origin, 0)..=(origin, u64::MAX))
-            .next()
-            .map(|((_, s), _)| *s)
+        self.records.range((origin, 0)..=(origin, u64::MAX)).next().map(|((_, s), _)| *s)
     }
 
     /// Number of records held.
@@ -98,11 +85,7 @@ mod tests {
 
     fn record(origin: u64, seq: u64) -> ChangeRecord {
         ChangeRecord {
-            meta: ChangeMeta {
-                origin: NodeId(origin),
-                seq,
-                hlc: Hlc::new(seq, 0),
-            },
+            meta: ChangeMeta { origin: NodeId(origin), seq, hlc: Hlc::new(seq, 0) },
             doc: DocId::new("d").unwrap(),
             changes: vec![vec![0; 10]],
         }

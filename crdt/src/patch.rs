@@ -29,9 +29,7 @@ impl Pointer {
             return Ok(Pointer { tokens: Vec::new() });
         }
         let Some(rest) = text.strip_prefix('/') else {
-            return Err(format!(
-                "JSON pointer {text:?} must be empty or start with '/'"
-            ));
+            return Err(format!("JSON pointer {text:?} must be empty or start with '/'"));
         };
         let mut tokens = Vec::new();
         for raw in rest.split('/') {
@@ -42,11 +40,7 @@ impl Pointer {
                     match chars.next() {
                         Some('0') => token.push('~'),
                         Some('1') => token.push('/'),
-                        _ => {
-                            return Err(format!(
-                                "JSON pointer {text:?} has '~' not followed by 0 or 1"
-                            ))
-                        }
+                        _ => return Err(format!("JSON pointer {text:?} has '~' not followed by 0 or 1")),
                     }
                 } else {
                     token.push(c);
@@ -55,10 +49,7 @@ impl Pointer {
             tokens.push(token);
         }
         if tokens.len() > crate::DEPTH_MAX {
-            return Err(format!(
-                "JSON pointer {text:?} is deeper than {}",
-                crate::DEPTH_MAX
-            ));
+            return Err(format!("JSON pointer {text:?} is deeper than {}", crate::DEPTH_MAX));
         }
         Ok(Pointer { tokens })
     }
@@ -109,14 +100,9 @@ pub struct PatchParseError {
 
 /// Parses a JSON Patch document (a JSON array of operation objects).
 pub fn parse_patch(body: &Json) -> Result<Vec<PatchOp>, PatchParseError> {
-    let whole = |reason: String| PatchParseError {
-        index: None,
-        reason,
-    };
+    let whole = |reason: String| PatchParseError { index: None, reason };
     let Json::Array(items) = body else {
-        return Err(whole(
-            "a JSON Patch body must be a JSON array of operations".into(),
-        ));
+        return Err(whole("a JSON Patch body must be a JSON array of operations".into()));
     };
     if items.len() > PATCH_OPS_MAX {
         return Err(whole(format!(
@@ -127,12 +113,7 @@ pub fn parse_patch(body: &Json) -> Result<Vec<PatchOp>, PatchParseError> {
     items
         .iter()
         .enumerate()
-        .map(|(index, item)| {
-            parse_op(item).map_err(|reason| PatchParseError {
-                index: Some(index),
-                reason,
-            })
-        })
+        .map(|(index, item)| parse_op(item).map_err(|reason| PatchParseError { index: Some(index), reason }))
         .collect()
 }
 
@@ -140,10 +121,7 @@ fn parse_op(item: &Json) -> Result<PatchOp, String> {
     let Json::Object(fields) = item else {
         return Err("each operation must be a JSON object".into());
     };
-    let op = fields
-        .get("op")
-        .and_then(Json::as_str)
-        .ok_or("missing \"op\" (a string)")?;
+    let op = fields.get("op").and_then(Json::as_str).ok_or("missing \"op\" (a string)")?;
     let pointer = |name: &str| -> Result<Pointer, String> {
         let text = fields
             .get(name)
@@ -151,51 +129,20 @@ fn parse_op(item: &Json) -> Result<PatchOp, String> {
             .ok_or_else(|| format!("\"{op}\" needs \"{name}\" (a JSON pointer string)"))?;
         Pointer::parse(text)
     };
-    let value = || {
-        fields
-            .get("value")
-            .cloned()
-            .ok_or_else(|| format!("\"{op}\" needs \"value\""))
-    };
+    let value = || fields.get("value").cloned().ok_or_else(|| format!("\"{op}\" needs \"value\""));
     Ok(match op {
-        "add" => PatchOp::Add {
-            path: pointer("path")?,
-            value: value()?,
-        },
-        "remove" => PatchOp::Remove {
-            path: pointer("path")?,
-        },
-        "replace" => PatchOp::Replace {
-            path: pointer("path")?,
-            value: value()?,
-        },
-        "move" => PatchOp::Move {
-            from: pointer("from")?,
-            path: pointer("path")?,
-        },
-        "copy" => PatchOp::Copy {
-            from: pointer("from")?,
-            path: pointer("path")?,
-        },
-        "test" => PatchOp::Test {
-            path: pointer("path")?,
-            value: value()?,
-        },
+        "add" => PatchOp::Add { path: pointer("path")?, value: value()? },
+        "remove" => PatchOp::Remove { path: pointer("path")? },
+        "replace" => PatchOp::Replace { path: pointer("path")?, value: value()? },
+        "move" => PatchOp::Move { from: pointer("from")?, path: pointer("path")? },
+        "copy" => PatchOp::Copy { from: pointer("from")?, path: pointer("path")? },
+        "test" => PatchOp::Test { path: pointer("path")?, value: value()? },
         "increment" => {
             let amount = value()?;
-            let value = amount
-                .as_i64()
-                .ok_or("\"increment\" needs an integer \"value\"")?;
-            PatchOp::Increment {
-                path: pointer("path")?,
-                value,
-            }
+            let value = amount.as_i64().ok_or("\"increment\" needs an integer \"value\"")?;
+            PatchOp::Increment { path: pointer("path")?, value }
         }
-        other => {
-            return Err(format!(
-                "unknown op {other:?}; use add, remove, replace, move, copy, test or increment"
-            ))
-        }
+        other => return Err(format!("unknown op {other:?}; use add, remove, replace, move, copy, test or increment")),
     })
 }
 
@@ -206,10 +153,7 @@ mod tests {
 
     #[test]
     fn pointers_unescape_per_rfc6901() {
-        assert_eq!(
-            Pointer::parse("/a~1b/m~0n").unwrap().tokens,
-            vec!["a/b", "m~n"]
-        );
+        assert_eq!(Pointer::parse("/a~1b/m~0n").unwrap().tokens, vec!["a/b", "m~n"]);
         assert_eq!(Pointer::parse("").unwrap().tokens, Vec::<String>::new());
         assert_eq!(Pointer::parse("/").unwrap().tokens, vec![""]);
         assert!(Pointer::parse("a").is_err());
@@ -220,10 +164,8 @@ mod tests {
 
     #[test]
     fn bad_operations_name_their_index() {
-        let err = parse_patch(
-            &json!([{"op":"add","path":"/a","value":1},{"op":"frobnicate","path":"/a"}]),
-        )
-        .unwrap_err();
+        let err =
+            parse_patch(&json!([{"op":"add","path":"/a","value":1},{"op":"frobnicate","path":"/a"}])).unwrap_err();
         assert_eq!(err.index, Some(1));
         assert!(err.reason.contains("unknown op"));
         let err = parse_patch(&json!([{"op":"add","path":"/a"}])).unwrap_err();

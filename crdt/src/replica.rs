@@ -71,6 +71,27 @@ pub struct ApplyOutcome {
     pub rejected: Vec<(NodeId, u64, String)>,
 }
 
+/// A document's digest term: its id and heads mixed into 32 bytes. Not a
+/// cryptographic hash; it only has to make accidental equality between
+/// different states vanishingly unlikely.
+fn digest_term(id: &DocId, heads: &[automerge::ChangeHash]) -> [u8; 32] {
+    let heads = crate::document::heads_digest(heads);
+    let mut out = [0u8; 32];
+    for (lane, chunk) in out.chunks_mut(8).enumerate() {
+        // FNV-1a over (lane, id, heads), one lane per 8 output bytes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (lane as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for &b in id.as_str().as_bytes().iter().chain([0xffu8].iter()).chain(heads.iter()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        chunk.copy_from_slice(&h.to_le_bytes());
+    }
+    out
+}
+
 /// One document and the last local sequence number that touched it (so a
 /// reader can wait until that change is durable before seeing it).
 #[derive(Debug)]
@@ -79,6 +100,8 @@ pub struct DocState {
     pub doc: Document,
     /// Highest local sequence number applied to this document.
     pub last_local_seq: u64,
+    /// This document's term in the replica digest.
+    digest_term: [u8; 32],
 }
 
 /// Every document of one node, with its version vector and log.
@@ -92,6 +115,8 @@ pub struct Replica {
     vv: VersionVector,
     log: ChangeLog,
     last_seq: u64,
+    /// XOR over documents of `term(id, heads)`, kept up to date on every change.
+    digest: [u8; 32],
 }
 
 impl Replica {
@@ -105,6 +130,7 @@ impl Replica {
             vv: VersionVector::new(),
             log: ChangeLog::new(),
             last_seq: 0,
+            digest: [0; 32],
         }
     }
 
@@ -131,22 +157,13 @@ impl Replica {
         let state = Self::doc_entry(&mut self.docs, &mut self.all_ids, id);
         let existed = state.doc.exists();
         if let Some(expected) = if_match {
-            let matches = existed
-                && (expected.trim() == "*"
-                    || expected
-                        .split(',')
-                        .any(|tag| tag.trim() == state.doc.etag()));
+            let matches =
+                existed && (expected.trim() == "*" || expected.split(',').any(|tag| tag.trim() == state.doc.etag()));
             if !matches {
-                return Err(WriteError::PreconditionFailed {
-                    current: existed.then(|| state.doc.etag()),
-                });
+                return Err(WriteError::PreconditionFailed { current: existed.then(|| state.doc.etag()) });
             }
         }
-        let meta = ChangeMeta {
-            origin: self.node,
-            seq: self.last_seq + 1,
-            hlc,
-        };
+        let meta = ChangeMeta { origin: self.node, seq: self.last_seq + 1, hlc };
         let changes = match op {
             WriteOp::Put(object) => state.doc.put(object, &meta)?,
             WriteOp::MergePatch(patch) => state.doc.merge_patch(patch, &meta)?,
@@ -165,19 +182,12 @@ impl Replica {
         let record = ChangeRecord {
             meta,
             doc: id.clone(),
-            changes: changes
-                .into_iter()
-                .map(|c| c.raw_bytes().to_vec())
-                .collect(),
+            changes: changes.into_iter().map(|c| c.raw_bytes().to_vec()).collect(),
         };
         self.track_existence(id, exists);
         self.vv.insert(self.node, meta.seq);
         self.log.insert(record.clone());
-        Ok(WriteReceipt {
-            record,
-            created: exists && !existed,
-            etag,
-        })
+        Ok(WriteReceipt { record, created: exists && !existed, etag })
     }
 
     /// Applies records (from peers, or from the local log during recovery)
@@ -193,17 +203,11 @@ impl Replica {
                 outcome.duplicates += 1;
                 continue;
             }
-            let decoded: Result<Vec<Change>, _> = record
-                .changes
-                .iter()
-                .map(|bytes| Change::from_bytes(bytes.clone()))
-                .collect();
+            let decoded: Result<Vec<Change>, _> =
+                record.changes.iter().map(|bytes| Change::from_bytes(bytes.clone())).collect();
             match decoded {
                 Ok(changes) => {
-                    per_doc
-                        .entry(record.doc.clone())
-                        .or_default()
-                        .extend(changes);
+                    per_doc.entry(record.doc.clone()).or_default().extend(changes);
                     accepted.push(record);
                 }
                 Err(err) => outcome.rejected.push((origin, seq, err.to_string())),
@@ -214,9 +218,7 @@ impl Replica {
             if let Err(err) = state.doc.apply_changes(changes) {
                 // A change automerge cannot apply: refuse every record of this document's batch.
                 for record in accepted.iter().filter(|r| r.doc == id) {
-                    outcome
-                        .rejected
-                        .push((record.meta.origin, record.meta.seq, err.to_string()));
+                    outcome.rejected.push((record.meta.origin, record.meta.seq, err.to_string()));
                 }
                 accepted.retain(|r| r.doc != id);
                 continue;
@@ -243,13 +245,7 @@ impl Replica {
     pub fn insert_document(&mut self, id: DocId, doc: Document) {
         self.all_ids.insert(id.as_str().to_string());
         let exists = doc.exists();
-        self.docs.insert(
-            id.clone(),
-            DocState {
-                doc,
-                last_local_seq: 0,
-            },
-        );
+        self.docs.insert(id.clone(), DocState { doc, last_local_seq: 0, digest_term: [0; 32] });
         self.track_existence(&id, exists);
     }
 
@@ -349,10 +345,28 @@ impl Replica {
         docs.entry(id.clone()).or_insert_with(|| DocState {
             doc: Document::new(),
             last_local_seq: 0,
+            digest_term: [0; 32],
         })
     }
 
+    /// Order-independent digest of every document's heads: equal digests
+    /// (with equal vectors) mean equal states.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// Replaces a document's term in the digest after its heads changed.
+    fn refresh_digest(&mut self, id: &DocId) {
+        let Some(state) = self.docs.get_mut(id) else { return };
+        let term = digest_term(id, &state.doc.heads());
+        for ((d, old), new) in self.digest.iter_mut().zip(state.digest_term).zip(term) {
+            *d ^= old ^ new;
+        }
+        state.digest_term = term;
+    }
+
     fn track_existence(&mut self, id: &DocId, exists: bool) {
+        self.refresh_digest(id);
         if exists {
             if !self.live_ids.contains(id.as_str()) {
                 self.live_ids.insert(id.as_str().to_string());

@@ -36,9 +36,7 @@ pub struct TokenParseError(&'static str);
 impl Token {
     /// The token of a single change.
     pub fn of_change(origin: NodeId, seq: u64) -> Token {
-        Token {
-            entries: BTreeMap::from([(origin, seq)]),
-        }
+        Token { entries: BTreeMap::from([(origin, seq)]) }
     }
 
     /// Combines two tokens: the later position for every origin.
@@ -66,8 +64,7 @@ impl Token {
             }
             let origin = NodeId(u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")));
             rest = &rest[8..];
-            let (seq, used) =
-                read_varint(rest).ok_or(TokenParseError("truncated sequence number"))?;
+            let (seq, used) = read_varint(rest).ok_or(TokenParseError("truncated sequence number"))?;
             rest = &rest[used..];
             if entries.insert(origin, seq).is_some() {
                 return Err(TokenParseError("origin listed twice"));

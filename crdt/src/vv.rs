@@ -87,17 +87,12 @@ impl VersionVector {
 
     /// The highest sequence number held from `origin`, gaps or not.
     pub fn max(&self, origin: NodeId) -> u64 {
-        self.origins
-            .get(&origin)
-            .and_then(|r| r.iter().next_back())
-            .map_or(0, |(_, &e)| e)
+        self.origins.get(&origin).and_then(|r| r.iter().next_back()).map_or(0, |(_, &e)| e)
     }
 
     /// Whether any origin has changes held beyond a gap.
     pub fn has_gaps(&self) -> bool {
-        self.origins
-            .values()
-            .any(|r| r.len() > 1 || r.keys().next().is_some_and(|&s| s != 1))
+        self.origins.values().any(|r| r.len() > 1 || r.keys().next().is_some_and(|&s| s != 1))
     }
 
     /// Origins with at least one held change.
@@ -109,21 +104,13 @@ impl VersionVector {
     pub fn ranges(&self, origin: NodeId) -> Vec<SeqRange> {
         self.origins
             .get(&origin)
-            .map(|r| {
-                r.iter()
-                    .map(|(&start, &end)| SeqRange { origin, start, end })
-                    .collect()
-            })
+            .map(|r| r.iter().map(|(&start, &end)| SeqRange { origin, start, end }).collect())
             .unwrap_or_default()
     }
 
     /// Total number of held changes.
     pub fn count(&self) -> u64 {
-        self.origins
-            .values()
-            .flat_map(|r| r.iter())
-            .map(|(s, e)| e - s + 1)
-            .sum()
+        self.origins.values().flat_map(|r| r.iter()).map(|(s, e)| e - s + 1).sum()
     }
 
     /// Adds everything `other` holds.
@@ -145,21 +132,13 @@ impl VersionVector {
                 let mut cursor = start;
                 if let Some(theirs) = theirs {
                     // Walk their ranges that could overlap [start, end].
-                    let first = theirs
-                        .range(..=start)
-                        .next_back()
-                        .map(|(&s, _)| s)
-                        .unwrap_or(start);
+                    let first = theirs.range(..=start).next_back().map(|(&s, _)| s).unwrap_or(start);
                     for (&s, &e) in theirs.range(first..=end) {
                         if e < cursor {
                             continue;
                         }
                         if s > cursor {
-                            out.push(SeqRange {
-                                origin,
-                                start: cursor,
-                                end: (s - 1).min(end),
-                            });
+                            out.push(SeqRange { origin, start: cursor, end: (s - 1).min(end) });
                         }
                         cursor = e.saturating_add(1);
                         if cursor > end {
@@ -168,11 +147,7 @@ impl VersionVector {
                     }
                 }
                 if cursor <= end {
-                    out.push(SeqRange {
-                        origin,
-                        start: cursor,
-                        end,
-                    });
+                    out.push(SeqRange { origin, start: cursor, end });
                 }
             }
         }
@@ -181,9 +156,7 @@ impl VersionVector {
 
     /// Whether every `(origin, n)` requirement holds contiguously here.
     pub fn covers(&self, required: &BTreeMap<NodeId, u64>) -> bool {
-        required
-            .iter()
-            .all(|(&origin, &seq)| self.contiguous(origin) >= seq)
+        required.iter().all(|(&origin, &seq)| self.contiguous(origin) >= seq)
     }
 }
 
@@ -235,21 +208,9 @@ mod tests {
         assert_eq!(
             missing,
             vec![
-                SeqRange {
-                    origin: A,
-                    start: 4,
-                    end: 5
-                },
-                SeqRange {
-                    origin: A,
-                    start: 8,
-                    end: 10
-                },
-                SeqRange {
-                    origin: B,
-                    start: 1,
-                    end: 2
-                },
+                SeqRange { origin: A, start: 4, end: 5 },
+                SeqRange { origin: A, start: 8, end: 10 },
+                SeqRange { origin: B, start: 1, end: 2 },
             ]
         );
     }

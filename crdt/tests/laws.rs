@@ -21,10 +21,7 @@ fn json_of(replica: &Replica) -> Option<Json> {
 }
 
 fn heads_of(replica: &Replica) -> Vec<automerge::ChangeHash> {
-    replica
-        .document(&doc())
-        .map(|s| s.doc.heads())
-        .unwrap_or_default()
+    replica.document(&doc()).map(|s| s.doc.heads()).unwrap_or_default()
 }
 
 /// A random client operation, as generated for the laws below.
@@ -54,9 +51,7 @@ fn to_write(op: &Op) -> WriteOp {
         Op::SetField(f, v) => patch(json!([{"op":"add","path":format!("/f{f}"),"value":v}])),
         Op::RemoveField(f) => WriteOp::MergePatch(json!({ format!("f{f}"): null })),
         Op::Increment(f, v) => patch(json!([{"op":"increment","path":format!("/c{f}"),"value":v}])),
-        Op::Append(v) => {
-            patch(json!([{"op":"add","path":"/items","value":[]}])).clone_if_absent(*v)
-        }
+        Op::Append(v) => patch(json!([{"op":"add","path":"/items","value":[]}])).clone_if_absent(*v),
         Op::MergeNested(f, v) => WriteOp::MergePatch(json!({"nested": { format!("n{f}"): v }})),
         Op::Delete => WriteOp::Delete,
     }
@@ -93,12 +88,7 @@ fn seeded_replicas(count: u64) -> (Vec<Replica>, ChangeRecord) {
     // A common starting point all replicas share: the list exists.
     let mut origin = Replica::new(NodeId(99));
     let seed = origin
-        .local_write(
-            &doc(),
-            &WriteOp::Put(json!({"items": []}).as_object().unwrap().clone()),
-            Hlc::new(1, 0),
-            None,
-        )
+        .local_write(&doc(), &WriteOp::Put(json!({"items": []}).as_object().unwrap().clone()), Hlc::new(1, 0), None)
         .unwrap()
         .record;
     let mut nodes: Vec<Replica> = (1..=count).map(|n| Replica::new(NodeId(n))).collect();
@@ -147,6 +137,11 @@ proptest! {
             prop_assert_eq!(heads_of(node), expected_heads.clone());
         }
         prop_assert_eq!(shuffled.version_vector(), in_order.version_vector());
+        // The incrementally kept digest agrees wherever the states agree.
+        prop_assert_eq!(shuffled.digest(), in_order.digest());
+        for node in &nodes {
+            prop_assert_eq!(node.digest(), in_order.digest());
+        }
     }
 
     #[test]
@@ -190,12 +185,7 @@ fn concurrent_puts_to_different_fields_both_survive() {
     let ra = a
         .local_write(
             &doc(),
-            &WriteOp::Put(
-                json!({"name": "ada", "shared": 1})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
+            &WriteOp::Put(json!({"name": "ada", "shared": 1}).as_object().unwrap().clone()),
             Hlc::new(10, 0),
             None,
         )
@@ -203,12 +193,7 @@ fn concurrent_puts_to_different_fields_both_survive() {
     let rb = b
         .local_write(
             &doc(),
-            &WriteOp::Put(
-                json!({"city": "paris", "shared": 1})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
+            &WriteOp::Put(json!({"city": "paris", "shared": 1}).as_object().unwrap().clone()),
             Hlc::new(11, 0),
             None,
         )
@@ -222,12 +207,7 @@ fn concurrent_puts_to_different_fields_both_survive() {
     let ra = a
         .local_write(
             &doc(),
-            &WriteOp::Put(
-                json!({"name": "ada lovelace", "city": "paris", "shared": 1})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
+            &WriteOp::Put(json!({"name": "ada lovelace", "city": "paris", "shared": 1}).as_object().unwrap().clone()),
             Hlc::new(12, 0),
             None,
         )
@@ -235,12 +215,7 @@ fn concurrent_puts_to_different_fields_both_survive() {
     let rb = b
         .local_write(
             &doc(),
-            &WriteOp::Put(
-                json!({"name": "ada", "city": "london", "shared": 1})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
+            &WriteOp::Put(json!({"name": "ada", "city": "london", "shared": 1}).as_object().unwrap().clone()),
             Hlc::new(13, 0),
             None,
         )
@@ -257,25 +232,11 @@ fn update_concurrent_with_delete_wins_with_its_own_fields() {
     let mut a = Replica::new(NodeId(1));
     let mut b = Replica::new(NodeId(2));
     let created = a
-        .local_write(
-            &doc(),
-            &WriteOp::Put(json!({"x": 1, "y": 2}).as_object().unwrap().clone()),
-            Hlc::new(1, 0),
-            None,
-        )
+        .local_write(&doc(), &WriteOp::Put(json!({"x": 1, "y": 2}).as_object().unwrap().clone()), Hlc::new(1, 0), None)
         .unwrap();
     b.apply_records(vec![created.record]);
-    let deleted = a
-        .local_write(&doc(), &WriteOp::Delete, Hlc::new(2, 0), None)
-        .unwrap();
-    let updated = b
-        .local_write(
-            &doc(),
-            &WriteOp::MergePatch(json!({"y": 3, "z": 4})),
-            Hlc::new(3, 0),
-            None,
-        )
-        .unwrap();
+    let deleted = a.local_write(&doc(), &WriteOp::Delete, Hlc::new(2, 0), None).unwrap();
+    let updated = b.local_write(&doc(), &WriteOp::MergePatch(json!({"y": 3, "z": 4})), Hlc::new(3, 0), None).unwrap();
     a.apply_records(vec![updated.record]);
     b.apply_records(vec![deleted.record]);
     // The update's fields survive; x, which only the delete touched, is gone.
@@ -283,9 +244,7 @@ fn update_concurrent_with_delete_wins_with_its_own_fields() {
     assert_eq!(json_of(&a), Some(expected.clone()));
     assert_eq!(json_of(&b), Some(expected));
     // A delete after both is final.
-    let deleted = a
-        .local_write(&doc(), &WriteOp::Delete, Hlc::new(4, 0), None)
-        .unwrap();
+    let deleted = a.local_write(&doc(), &WriteOp::Delete, Hlc::new(4, 0), None).unwrap();
     b.apply_records(vec![deleted.record]);
     assert_eq!(json_of(&a), None);
     assert_eq!(json_of(&b), None);
@@ -297,31 +256,16 @@ fn counter_reads_as_number_and_put_applies_the_difference() {
     let mut a = Replica::new(NodeId(1));
     let mut b = Replica::new(NodeId(2));
     let r = a
-        .local_write(
-            &doc(),
-            &patch(json!([{"op":"increment","path":"/views","value":5}])),
-            Hlc::new(1, 0),
-            None,
-        )
+        .local_write(&doc(), &patch(json!([{"op":"increment","path":"/views","value":5}])), Hlc::new(1, 0), None)
         .unwrap();
     b.apply_records(vec![r.record]);
     assert_eq!(json_of(&b), Some(json!({"views": 5})));
     // A read-modify-write PUT at a, concurrent with an increment at b: both count.
     let ra = a
-        .local_write(
-            &doc(),
-            &WriteOp::Put(json!({"views": 7}).as_object().unwrap().clone()),
-            Hlc::new(2, 0),
-            None,
-        )
+        .local_write(&doc(), &WriteOp::Put(json!({"views": 7}).as_object().unwrap().clone()), Hlc::new(2, 0), None)
         .unwrap();
     let rb = b
-        .local_write(
-            &doc(),
-            &patch(json!([{"op":"increment","path":"/views","value":10}])),
-            Hlc::new(3, 0),
-            None,
-        )
+        .local_write(&doc(), &patch(json!([{"op":"increment","path":"/views","value":10}])), Hlc::new(3, 0), None)
         .unwrap();
     a.apply_records(vec![rb.record]);
     b.apply_records(vec![ra.record]);

@@ -36,28 +36,19 @@ impl Doc {
         let Json::Object(object) = initial else {
             panic!("a document must be a JSON object, got {initial}");
         };
-        let mut doc = Doc {
-            replica: Replica::new(NodeId(1)),
-            id: DocId::new("doc").unwrap(),
-            clock: 0,
-        };
+        let mut doc = Doc { replica: Replica::new(NodeId(1)), id: DocId::new("doc").unwrap(), clock: 0 };
         doc.write(WriteOp::Put(object)).expect("initial PUT");
         doc
     }
 
     fn write(&mut self, op: WriteOp) -> Result<(), WriteError> {
         self.clock += 1;
-        self.replica
-            .local_write(&self.id, &op, Hlc::new(self.clock, 0), None)
-            .map(drop)
+        self.replica.local_write(&self.id, &op, Hlc::new(self.clock, 0), None).map(drop)
     }
 
     /// The document's current JSON.
     fn json(&self) -> Json {
-        self.replica
-            .document(&self.id)
-            .and_then(|s| s.doc.to_json())
-            .expect("the document exists")
+        self.replica.document(&self.id).and_then(|s| s.doc.to_json()).expect("the document exists")
     }
 
     /// Everything a refused write must leave untouched.
@@ -87,14 +78,8 @@ impl Doc {
     /// and returns the document error.
     fn refuse(&mut self, op: WriteOp) -> DocumentError {
         let before = self.snapshot();
-        let err = self
-            .write(op.clone())
-            .expect_err(&format!("{op:?} should have been refused"));
-        assert_eq!(
-            self.snapshot(),
-            before,
-            "refused write {op:?} ({err}) changed the document"
-        );
+        let err = self.write(op.clone()).expect_err(&format!("{op:?} should have been refused"));
+        assert_eq!(self.snapshot(), before, "refused write {op:?} ({err}) changed the document");
         match err {
             WriteError::Document(err) => err,
             other => panic!("expected a document error for {op:?}, got {other:?}"),
@@ -106,9 +91,7 @@ impl Doc {
     fn patch_fails(&mut self, ops: Json) -> (usize, bool) {
         let parsed = parse_patch(&ops).unwrap_or_else(|e| panic!("{ops} does not parse: {e}"));
         match self.refuse(WriteOp::JsonPatch(parsed)) {
-            DocumentError::PatchFailed {
-                index, conflict, ..
-            } => (index, conflict),
+            DocumentError::PatchFailed { index, conflict, .. } => (index, conflict),
             other => panic!("{ops}: expected PatchFailed, got {other:?}"),
         }
     }
@@ -233,11 +216,7 @@ fn rfc6902_appendix_a_failing_examples() {
     ];
     for (section, target, patch, index, conflict) in cases {
         let mut doc = Doc::new(target);
-        assert_eq!(
-            doc.patch_fails(patch),
-            (index, conflict),
-            "RFC 6902 {section}: (index, conflict)"
-        );
+        assert_eq!(doc.patch_fails(patch), (index, conflict), "RFC 6902 {section}: (index, conflict)");
     }
 }
 
@@ -246,10 +225,7 @@ fn rfc6902_appendix_a_failing_examples() {
 #[test]
 fn rfc6902_escape_ordering_selects_the_right_member() {
     let mut doc = Doc::new(json!({"/": 9, "~1": 10}));
-    assert_eq!(
-        doc.patch_fails(json!([{"op": "test", "path": "/~01", "value": 9}])),
-        (0, true)
-    );
+    assert_eq!(doc.patch_fails(json!([{"op": "test", "path": "/~01", "value": 9}])), (0, true));
     assert_eq!(
         doc.patch(json!([
             {"op": "test", "path": "/~1", "value": 9},
@@ -265,10 +241,8 @@ fn rfc6902_escape_ordering_selects_the_right_member() {
 /// understand is refused by `parse_patch` before it reaches a document.
 #[test]
 fn rfc6902_a13_invalid_patch_documents() {
-    let duplicate: Json = serde_json::from_str(
-        r#"[{ "op": "add", "path": "/baz", "value": "qux", "op": "remove" }]"#,
-    )
-    .unwrap();
+    let duplicate: Json =
+        serde_json::from_str(r#"[{ "op": "add", "path": "/baz", "value": "qux", "op": "remove" }]"#).unwrap();
     let ops = parse_patch(&duplicate).unwrap();
     assert!(
         matches!(ops.as_slice(), [meridian_crdt::PatchOp::Remove { .. }]),
@@ -289,10 +263,7 @@ fn rfc6902_a13_invalid_patch_documents() {
         (json!([{"op": "add", "path": "/a~2", "value": 1}]), Some(0)),
         (json!([{"op": 1, "path": "/baz", "value": 1}]), Some(0)),
         (json!([{"op": "add", "path": 7, "value": 1}]), Some(0)),
-        (
-            json!([{"op": "test", "path": "/a", "value": 1}, "remove /a"]),
-            Some(1),
-        ),
+        (json!([{"op": "test", "path": "/a", "value": 1}, "remove /a"]), Some(1)),
         (
             json!([
                 {"op": "test", "path": "/a", "value": 1},
@@ -329,24 +300,14 @@ fn failing_op_in_a_multi_op_patch_applies_nothing() {
     ]))
     .unwrap();
     match doc.refuse(WriteOp::JsonPatch(ops)) {
-        DocumentError::PatchFailed {
-            index,
-            op,
-            path,
-            conflict,
-            ..
-        } => assert_eq!(
-            (index, op, path.as_str(), conflict),
-            (2, "replace", "/missing", true)
-        ),
+        DocumentError::PatchFailed { index, op, path, conflict, .. } => {
+            assert_eq!((index, op, path.as_str(), conflict), (2, "replace", "/missing", true))
+        }
         other => panic!("expected PatchFailed, got {other:?}"),
     }
 
     // The same document still accepts a good patch afterwards.
-    assert_eq!(
-        doc.patch(json!([{"op": "add", "path": "/b", "value": 2}])),
-        json!({"a": 1, "b": 2, "list": [1, 2]})
-    );
+    assert_eq!(doc.patch(json!([{"op": "add", "path": "/b", "value": 2}])), json!({"a": 1, "b": 2, "list": [1, 2]}));
 }
 
 // ---------------------------------------------------------------------------
@@ -397,59 +358,27 @@ fn rfc7396_section3_example() {
 fn rfc7396_appendix_a_table() {
     let rows = [
         (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
-        (
-            json!({"a": "b"}),
-            json!({"b": "c"}),
-            json!({"a": "b", "b": "c"}),
-        ),
+        (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
         (json!({"a": "b"}), json!({"a": null}), json!({})),
-        (
-            json!({"a": "b", "b": "c"}),
-            json!({"a": null}),
-            json!({"b": "c"}),
-        ),
+        (json!({"a": "b", "b": "c"}), json!({"a": null}), json!({"b": "c"})),
         (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
         (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
-        (
-            json!({"a": {"b": "c"}}),
-            json!({"a": {"b": "d", "c": null}}),
-            json!({"a": {"b": "d"}}),
-        ),
-        (
-            json!({"a": [{"b": "c"}]}),
-            json!({"a": [1]}),
-            json!({"a": [1]}),
-        ),
+        (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
+        (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
         (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
         (json!({"a": "b"}), json!(["c"]), json!(["c"])),
         (json!({"a": "foo"}), json!(null), json!(null)),
         (json!({"a": "foo"}), json!("bar"), json!("bar")),
-        (
-            json!({"e": null}),
-            json!({"a": 1}),
-            json!({"e": null, "a": 1}),
-        ),
-        (
-            json!([1, 2]),
-            json!({"a": "b", "c": null}),
-            json!({"a": "b"}),
-        ),
-        (
-            json!({}),
-            json!({"a": {"bb": {"ccc": null}}}),
-            json!({"a": {"bb": {}}}),
-        ),
+        (json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1})),
+        (json!([1, 2]), json!({"a": "b", "c": null}), json!({"a": "b"})),
+        (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
     ];
     for (row, (original, patch, result)) in rows.into_iter().enumerate() {
         let label = format!("RFC 7396 Appendix A row {}: {original} + {patch}", row + 1);
         if original.is_object() && patch.is_object() {
             check_merge(&label, original, patch, result);
         } else {
-            let wrapped_result = if result.is_null() {
-                json!({})
-            } else {
-                json!({ "k": result })
-            };
+            let wrapped_result = if result.is_null() { json!({}) } else { json!({ "k": result }) };
             check_merge(
                 &format!("{label} (wrapped under \"k\")"),
                 json!({ "k": original }),
@@ -468,10 +397,7 @@ fn rfc7396_non_object_patches_are_refused_on_a_document() {
     for patch in [json!(["c"]), json!(null), json!("bar"), json!(7)] {
         let mut doc = Doc::new(json!({"a": "foo"}));
         let err = doc.refuse(WriteOp::MergePatch(patch.clone()));
-        assert!(
-            matches!(err, DocumentError::NotAnObject(_)),
-            "merge patch {patch}: expected NotAnObject, got {err:?}"
-        );
+        assert!(matches!(err, DocumentError::NotAnObject(_)), "merge patch {patch}: expected NotAnObject, got {err:?}");
     }
 }
 
@@ -490,15 +416,9 @@ fn json_patch_cannot_make_the_root_a_non_object() {
             );
         }
     }
-    assert_eq!(
-        doc.patch_fails(json!([{"op": "remove", "path": ""}])),
-        (0, false)
-    );
+    assert_eq!(doc.patch_fails(json!([{"op": "remove", "path": ""}])), (0, false));
     // Replacing the root with another object is fine.
-    assert_eq!(
-        doc.patch(json!([{"op": "replace", "path": "", "value": {"b": 2}}])),
-        json!({"b": 2})
-    );
+    assert_eq!(doc.patch(json!([{"op": "replace", "path": "", "value": {"b": 2}}])), json!({"b": 2}));
 }
 
 // ---------------------------------------------------------------------------
@@ -563,10 +483,7 @@ fn array_index_edge_cases() {
     }
 
     // `-` appends.
-    assert_eq!(
-        doc.patch(json!([{"op": "add", "path": "/items/-", "value": "c"}])),
-        json!({"items": ["a", "b", "c"]})
-    );
+    assert_eq!(doc.patch(json!([{"op": "add", "path": "/items/-", "value": "c"}])), json!({"items": ["a", "b", "c"]}));
     // Index == length appends.
     assert_eq!(
         doc.patch(json!([{"op": "add", "path": "/items/3", "value": "d"}])),
@@ -578,18 +495,9 @@ fn array_index_edge_cases() {
         json!({"items": ["z", "a", "b", "c", "d"]})
     );
     // Index > length is out of range: a conflict with the current state (409).
-    assert_eq!(
-        doc.patch_fails(json!([{"op": "add", "path": "/items/6", "value": "x"}])),
-        (0, true)
-    );
+    assert_eq!(doc.patch_fails(json!([{"op": "add", "path": "/items/6", "value": "x"}])), (0, true));
     // Replace and remove need an existing element: index == length fails.
-    assert_eq!(
-        doc.patch_fails(json!([{"op": "replace", "path": "/items/5", "value": "x"}])),
-        (0, true)
-    );
-    assert_eq!(
-        doc.patch_fails(json!([{"op": "remove", "path": "/items/5"}])),
-        (0, true)
-    );
+    assert_eq!(doc.patch_fails(json!([{"op": "replace", "path": "/items/5", "value": "x"}])), (0, true));
+    assert_eq!(doc.patch_fails(json!([{"op": "remove", "path": "/items/5"}])), (0, true));
     assert_eq!(doc.json(), json!({"items": ["z", "a", "b", "c", "d"]}));
 }

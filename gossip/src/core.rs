@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 use meridian_crdt::{ChangeRecord, DocId, Hlc, NodeId, Replica, SeqRange, VersionVector};
 
 use crate::message::{
-    DecodeError, Heartbeat, Hello, MemberInfo, Message, SnapshotChunk, MEMBERS_MAX,
-    PROTOCOL_VERSION,
+    DecodeError, Heartbeat, Hello, MemberInfo, Message, SnapshotChunk, MEMBERS_MAX, PROTOCOL_VERSION,
 };
 
 /// Identifies one QUIC connection; assigned by the driver.
@@ -382,19 +381,11 @@ impl Gossip {
     }
 
     fn hello(&self) -> Message {
-        Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            cluster: self.config.cluster.clone(),
-            me: self.me(),
-        })
+        Message::Hello(Hello { version: PROTOCOL_VERSION, cluster: self.config.cluster.clone(), me: self.me() })
     }
 
     fn me(&self) -> MemberInfo {
-        MemberInfo {
-            node: self.config.node,
-            region: self.config.region.clone(),
-            addr: self.config.advertise,
-        }
+        MemberInfo { node: self.config.node, region: self.config.region.clone(), addr: self.config.advertise }
     }
 
     fn conn_of(&self, node: NodeId) -> Option<ConnId> {
@@ -413,29 +404,13 @@ impl Gossip {
                 peer.stats.changes_sent += records.len() as u64;
             }
         }
-        self.transmits.push_back(Transmit {
-            conn,
-            stream,
-            frame,
-        });
+        self.transmits.push_back(Transmit { conn, stream, frame });
         true
     }
 
-    fn refuse(
-        &mut self,
-        conn: ConnId,
-        node: Option<NodeId>,
-        claimed: String,
-        reason: String,
-        now: Instant,
-    ) {
+    fn refuse(&mut self, conn: ConnId, node: Option<NodeId>, claimed: String, reason: String, now: Instant) {
         tracing::warn!(conn, node = ?node, claimed = %claimed, reason = %reason, "refusing peer");
-        self.refusals.push_back(Refusal {
-            at: now,
-            node,
-            claimed,
-            reason: reason.clone(),
-        });
+        self.refusals.push_back(Refusal { at: now, node, claimed, reason: reason.clone() });
         while self.refusals.len() > REFUSALS_KEPT {
             self.refusals.pop_front();
         }
@@ -444,12 +419,7 @@ impl Gossip {
     }
 
     /// A new outbound connection to `addr` is up (or failed).
-    pub fn handle_dial_result(
-        &mut self,
-        now: Instant,
-        addr: SocketAddr,
-        result: Result<ConnId, String>,
-    ) {
+    pub fn handle_dial_result(&mut self, now: Instant, addr: SocketAddr, result: Result<ConnId, String>) {
         let hello = self.hello();
         let (min, max) = (self.config.redial_min, self.config.redial_max);
         let Some(dial) = self.dials.get_mut(&addr) else {
@@ -464,11 +434,7 @@ impl Gossip {
                 self.outbound.insert(conn, addr);
                 let frame = hello.encode_frame();
                 for stream in [StreamKind::Live, StreamKind::CatchUp] {
-                    self.transmits.push_back(Transmit {
-                        conn,
-                        stream,
-                        frame: frame.clone(),
-                    });
+                    self.transmits.push_back(Transmit { conn, stream, frame: frame.clone() });
                 }
                 // Send a heartbeat right away so the peer learns our vector.
                 self.next_heartbeat = Some(now);
@@ -493,10 +459,7 @@ impl Gossip {
             return;
         };
         let wait = {
-            let backoff = self
-                .dials
-                .get(&addr)
-                .map_or(self.config.redial_min, |d| d.backoff);
+            let backoff = self.dials.get(&addr).map_or(self.config.redial_min, |d| d.backoff);
             self.jitter(backoff)
         };
         let max = self.config.redial_max;
@@ -562,13 +525,7 @@ impl Gossip {
             Message::Hello(hello) => self.handle_hello(now, conn, stream, hello),
             _ if first_on_stream => {
                 self.counters.frames_refused += 1;
-                self.refuse(
-                    conn,
-                    node,
-                    String::new(),
-                    format!("{} before hello", message.kind()),
-                    now,
-                );
+                self.refuse(conn, node, String::new(), format!("{} before hello", message.kind()), now);
             }
             message => {
                 let Some(node) = node else { return };
@@ -580,27 +537,15 @@ impl Gossip {
     fn refuse_malformed(&mut self, now: Instant, conn: ConnId, err: DecodeError) {
         self.counters.frames_refused += 1;
         let node = self.inbound.get(&conn).and_then(|c| c.node);
-        self.refuse(
-            conn,
-            node,
-            String::new(),
-            format!("malformed message: {err}"),
-            now,
-        );
+        self.refuse(conn, node, String::new(), format!("malformed message: {err}"), now);
     }
 
     fn handle_hello(&mut self, now: Instant, conn: ConnId, stream: StreamKind, hello: Hello) {
         let claimed = format!("{} at {}", hello.me.region, hello.me.addr);
         let refusal = if hello.version != PROTOCOL_VERSION {
-            Some(format!(
-                "protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})",
-                hello.version
-            ))
+            Some(format!("protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})", hello.version))
         } else if hello.cluster != self.config.cluster {
-            Some(format!(
-                "peer belongs to cluster {:?}, not {:?}",
-                hello.cluster, self.config.cluster
-            ))
+            Some(format!("peer belongs to cluster {:?}, not {:?}", hello.cluster, self.config.cluster))
         } else if hello.me.node == self.config.node {
             Some("peer claims this node's own id".to_string())
         } else {
@@ -682,9 +627,7 @@ impl Gossip {
         peer.stats.bytes_received += frame_len;
         match message {
             Message::Hello(_) => {}
-            Message::Heartbeat(heartbeat) => {
-                self.handle_heartbeat(now, wall_ns, from, heartbeat, replica)
-            }
+            Message::Heartbeat(heartbeat) => self.handle_heartbeat(now, wall_ns, from, heartbeat, replica),
             Message::Changes(records) => {
                 peer.stats.changes_received += records.len() as u64;
                 if !records.is_empty() {
@@ -692,23 +635,12 @@ impl Gossip {
                 }
             }
             Message::Snapshot(chunk) => {
-                self.events.push_back(Event::Snapshot {
-                    from,
-                    docs: chunk.docs,
-                    covers: chunk.covers,
-                });
+                self.events.push_back(Event::Snapshot { from, docs: chunk.docs, covers: chunk.covers });
             }
         }
     }
 
-    fn handle_heartbeat(
-        &mut self,
-        now: Instant,
-        wall_ns: u64,
-        from: NodeId,
-        heartbeat: Heartbeat,
-        replica: &Replica,
-    ) {
+    fn handle_heartbeat(&mut self, now: Instant, wall_ns: u64, from: NodeId, heartbeat: Heartbeat, replica: &Replica) {
         let offset_ms = (heartbeat.hlc.wall_ns() as i128 - wall_ns as i128) / 1_000_000;
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.vv = heartbeat.vv;
@@ -716,11 +648,7 @@ impl Gossip {
             peer.offset_ms = offset_ms as i64;
             peer.log_floor = heartbeat.log_floor.into_iter().collect();
         }
-        self.events.push_back(Event::PeerClock {
-            node: from,
-            hlc: heartbeat.hlc,
-            offset_ms: offset_ms as i64,
-        });
+        self.events.push_back(Event::PeerClock { node: from, hlc: heartbeat.hlc, offset_ms: offset_ms as i64 });
         for member in heartbeat.members {
             self.learn_member(member, now);
         }
@@ -738,10 +666,7 @@ impl Gossip {
         if peer.transfer.is_some() {
             return;
         }
-        if peer
-            .sent_reset_at
-            .is_none_or(|at| now.duration_since(at) >= resend_after)
-        {
+        if peer.sent_reset_at.is_none_or(|at| now.duration_since(at) >= resend_after) {
             // Anything sent long ago and still missing is sent again.
             peer.sent = VersionVector::new();
             peer.sent_reset_at = Some(now);
@@ -754,26 +679,17 @@ impl Gossip {
             return;
         }
         let log = replica.log();
-        let needs_transfer = missing.iter().any(|range| {
-            log.first_seq(range.origin)
-                .is_none_or(|floor| floor > range.start)
-        });
+        let needs_transfer =
+            missing.iter().any(|range| log.first_seq(range.origin).is_none_or(|floor| floor > range.start));
         if needs_transfer {
-            if peer
-                .transfer_done_at
-                .is_some_and(|at| now.duration_since(at) < cooldown)
-            {
+            if peer.transfer_done_at.is_some_and(|at| now.duration_since(at) < cooldown) {
                 return;
             }
             let id = self.next_transfer_id;
             self.next_transfer_id += 1;
             tracing::info!(peer = %node, transfer = id, "peer lacks changes the log no longer holds; starting state transfer");
             peer.catchup.clear();
-            peer.transfer = Some(Transfer {
-                id,
-                covers: replica.version_vector().clone(),
-                after: None,
-            });
+            peer.transfer = Some(Transfer { id, covers: replica.version_vector().clone(), after: None });
             peer.stats.transfers_sent += 1;
         } else {
             peer.catchup = missing.into_iter().collect();
@@ -808,11 +724,7 @@ impl Gossip {
                 }
             }
             let covers = finished.then(|| transfer.covers.clone());
-            let chunk = Message::Snapshot(SnapshotChunk {
-                transfer: transfer.id,
-                docs,
-                covers: covers.clone(),
-            });
+            let chunk = Message::Snapshot(SnapshotChunk { transfer: transfer.id, docs, covers: covers.clone() });
             if finished {
                 peer.transfer = None;
                 if let Some(covers) = &covers {
@@ -869,12 +781,7 @@ impl Gossip {
     /// New durable local changes: queue them for every connected peer.
     pub fn handle_local_records(&mut self, now: Instant, records: &[ChangeRecord]) {
         let queue_max = self.config.queue_bytes_max;
-        let connected: Vec<NodeId> = self
-            .peers
-            .keys()
-            .copied()
-            .filter(|n| self.conn_of(*n).is_some())
-            .collect();
+        let connected: Vec<NodeId> = self.peers.keys().copied().filter(|n| self.conn_of(*n).is_some()).collect();
         for node in connected {
             let Some(peer) = self.peers.get_mut(&node) else {
                 continue;
@@ -908,8 +815,7 @@ impl Gossip {
                 !p.pending.is_empty()
                     && (force
                         || p.pending_bytes >= batch_max
-                        || p.pending_since
-                            .is_some_and(|t| now.duration_since(t) >= linger))
+                        || p.pending_since.is_some_and(|t| now.duration_since(t) >= linger))
             })
             .map(|(n, _)| *n)
             .collect();
@@ -930,11 +836,7 @@ impl Gossip {
                 bytes += record.change_bytes();
                 batch.push(record);
                 if bytes >= batch_max {
-                    self.send(
-                        node,
-                        StreamKind::Live,
-                        &Message::Changes(std::mem::take(&mut batch)),
-                    );
+                    self.send(node, StreamKind::Live, &Message::Changes(std::mem::take(&mut batch)));
                     bytes = 0;
                 }
             }
@@ -959,10 +861,7 @@ impl Gossip {
             let nodes: Vec<NodeId> = self.peers.keys().copied().collect();
             for node in nodes {
                 self.send(node, StreamKind::Live, &heartbeat);
-                let busy = self
-                    .peers
-                    .get(&node)
-                    .is_some_and(|p| p.transfer.is_some() || !p.catchup.is_empty());
+                let busy = self.peers.get(&node).is_some_and(|p| p.transfer.is_some() || !p.catchup.is_empty());
                 if busy {
                     self.pump_catchup(node, replica);
                 }
@@ -974,29 +873,11 @@ impl Gossip {
         let vv = replica.version_vector().clone();
         let log_floor = vv
             .origins()
-            .map(|origin| {
-                (
-                    origin,
-                    replica
-                        .log()
-                        .first_seq(origin)
-                        .unwrap_or(vv.contiguous(origin) + 1),
-                )
-            })
+            .map(|origin| (origin, replica.log().first_seq(origin).unwrap_or(vv.contiguous(origin) + 1)))
             .collect();
         let mut members: Vec<MemberInfo> = vec![self.me()];
-        members.extend(
-            self.peers
-                .values()
-                .map(|p| p.info.clone())
-                .take(MEMBERS_MAX - 1),
-        );
-        Heartbeat {
-            hlc,
-            vv,
-            log_floor,
-            members,
-        }
+        members.extend(self.peers.values().map(|p| p.info.clone()).take(MEMBERS_MAX - 1));
+        Heartbeat { hlc, vv, log_floor, members }
     }
 
     /// The next frame to write.
@@ -1016,20 +897,9 @@ impl Gossip {
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let linger = self
-            .peers
-            .values()
-            .filter_map(|p| p.pending_since.map(|t| t + self.config.linger));
-        let dials = self
-            .dials
-            .values()
-            .filter(|d| d.conn.is_none() && !d.dialing)
-            .map(|d| d.next_attempt);
-        self.next_heartbeat
-            .into_iter()
-            .chain(linger)
-            .chain(dials)
-            .min()
+        let linger = self.peers.values().filter_map(|p| p.pending_since.map(|t| t + self.config.linger));
+        let dials = self.dials.values().filter(|d| d.conn.is_none() && !d.dialing).map(|d| d.next_attempt);
+        self.next_heartbeat.into_iter().chain(linger).chain(dials).min()
     }
 
     /// Liveness of a peer at `now`.
@@ -1053,12 +923,7 @@ impl Gossip {
         local
             .origins()
             .map(|origin| {
-                let everyone = self
-                    .peers
-                    .values()
-                    .map(|p| p.vv.contiguous(origin))
-                    .min()
-                    .unwrap_or(u64::MAX);
+                let everyone = self.peers.values().map(|p| p.vv.contiguous(origin)).min().unwrap_or(u64::MAX);
                 (origin, local.contiguous(origin).min(everyone))
             })
             .collect()
@@ -1100,10 +965,7 @@ impl Gossip {
     pub fn node_of(&self, conn: ConnId) -> Option<NodeId> {
         self.inbound.get(&conn).and_then(|c| c.node).or_else(|| {
             let addr = self.outbound.get(&conn)?;
-            self.peers
-                .values()
-                .find(|p| p.info.addr == *addr)
-                .map(|p| p.info.node)
+            self.peers.values().find(|p| p.info.addr == *addr).map(|p| p.info.node)
         })
     }
 

@@ -111,26 +111,11 @@ impl DriverHandle {
 }
 
 enum NetEvent {
-    Accepted {
-        conn: ConnId,
-        connection: quinn::Connection,
-    },
-    Dialed {
-        addr: SocketAddr,
-        result: Result<(ConnId, quinn::Connection), String>,
-    },
-    Frame {
-        conn: ConnId,
-        stream: StreamKind,
-        body: Vec<u8>,
-    },
-    FrameError {
-        conn: ConnId,
-        error: FrameError,
-    },
-    Closed {
-        conn: ConnId,
-    },
+    Accepted { conn: ConnId, connection: quinn::Connection },
+    Dialed { addr: SocketAddr, result: Result<(ConnId, quinn::Connection), String> },
+    Frame { conn: ConnId, stream: StreamKind, body: Vec<u8> },
+    FrameError { conn: ConnId, error: FrameError },
+    Closed { conn: ConnId },
 }
 
 struct ConnEntry {
@@ -165,15 +150,7 @@ pub fn spawn<H: Host>(host: Arc<H>, config: DriverConfig) -> std::io::Result<Dri
         stats: stats.clone(),
     };
     let task = tokio::spawn(driver.run(shutdown.clone()));
-    Ok(DriverHandle {
-        wake,
-        local_addr,
-        paths,
-        stats,
-        link: config.link,
-        shutdown,
-        task: Mutex::new(Some(task)),
-    })
+    Ok(DriverHandle { wake, local_addr, paths, stats, link: config.link, shutdown, task: Mutex::new(Some(task)) })
 }
 
 struct Driver<H> {
@@ -233,14 +210,7 @@ impl<H: Host> Driver<H> {
         match event {
             NetEvent::Accepted { conn, connection } => {
                 spawn_readers(conn, connection.clone(), events_tx.clone());
-                self.conns.insert(
-                    conn,
-                    ConnEntry {
-                        connection,
-                        peer_addr: None,
-                        senders: HashMap::new(),
-                    },
-                );
+                self.conns.insert(conn, ConnEntry { connection, peer_addr: None, senders: HashMap::new() });
             }
             NetEvent::Dialed { addr, result } => match result {
                 Ok((conn, connection)) => {
@@ -256,23 +226,12 @@ impl<H: Host> Driver<H> {
                         watcher.closed().await;
                         let _ = events.send(NetEvent::Closed { conn }).await;
                     });
-                    self.conns.insert(
-                        conn,
-                        ConnEntry {
-                            connection,
-                            peer_addr: Some(addr),
-                            senders,
-                        },
-                    );
-                    self.host.with_core(|gossip, _, clocks| {
-                        gossip.handle_dial_result(clocks.now, addr, Ok(conn))
-                    });
+                    self.conns.insert(conn, ConnEntry { connection, peer_addr: Some(addr), senders });
+                    self.host.with_core(|gossip, _, clocks| gossip.handle_dial_result(clocks.now, addr, Ok(conn)));
                 }
                 Err(reason) => {
                     tracing::debug!(peer = %addr, reason = %reason, "dial failed");
-                    self.host.with_core(|gossip, _, clocks| {
-                        gossip.handle_dial_result(clocks.now, addr, Err(reason))
-                    });
+                    self.host.with_core(|gossip, _, clocks| gossip.handle_dial_result(clocks.now, addr, Err(reason)));
                 }
             },
             NetEvent::Frame { conn, stream, body } => {
@@ -281,21 +240,15 @@ impl<H: Host> Driver<H> {
                 });
             }
             NetEvent::FrameError { conn, error } => {
-                self.host.with_core(|gossip, _, clocks| {
-                    gossip.handle_frame_error(clocks.now, conn, error)
-                });
+                self.host.with_core(|gossip, _, clocks| gossip.handle_frame_error(clocks.now, conn, error));
             }
             NetEvent::Closed { conn } => {
                 if let Some(entry) = self.conns.remove(&conn) {
                     if let Some(addr) = entry.peer_addr {
-                        self.paths
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&addr);
+                        self.paths.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr);
                     }
                 }
-                self.host
-                    .with_core(|gossip, _, clocks| gossip.handle_closed(clocks.now, conn));
+                self.host.with_core(|gossip, _, clocks| gossip.handle_closed(clocks.now, conn));
             }
         }
     }
@@ -310,11 +263,7 @@ impl<H: Host> Driver<H> {
         });
         let mut dropped = Vec::new();
         for transmit in transmits {
-            let Some(sender) = self
-                .conns
-                .get(&transmit.conn)
-                .and_then(|c| c.senders.get(&transmit.stream))
-            else {
+            let Some(sender) = self.conns.get(&transmit.conn).and_then(|c| c.senders.get(&transmit.stream)) else {
                 continue;
             };
             if sender.try_send(transmit.frame).is_err() {
@@ -323,11 +272,7 @@ impl<H: Host> Driver<H> {
             }
         }
         if !dropped.is_empty() {
-            self.host.with_core(|gossip, _, _| {
-                dropped
-                    .iter()
-                    .for_each(|&conn| gossip.handle_send_dropped(conn))
-            });
+            self.host.with_core(|gossip, _, _| dropped.iter().for_each(|&conn| gossip.handle_send_dropped(conn)));
         }
         for addr in dials {
             let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -335,10 +280,7 @@ impl<H: Host> Driver<H> {
             let connecting = self.endpoint.connect(addr, &self.server_name);
             tokio::spawn(async move {
                 let result = match connecting {
-                    Ok(connecting) => connecting
-                        .await
-                        .map(|c| (conn, c))
-                        .map_err(|e| e.to_string()),
+                    Ok(connecting) => connecting.await.map(|c| (conn, c)).map_err(|e| e.to_string()),
                     Err(err) => Err(err.to_string()),
                 };
                 let _ = events.send(NetEvent::Dialed { addr, result }).await;
@@ -382,11 +324,7 @@ fn stream_byte(stream: StreamKind) -> u8 {
     }
 }
 
-async fn write_stream(
-    connection: quinn::Connection,
-    stream: StreamKind,
-    mut frames: mpsc::Receiver<Vec<u8>>,
-) {
+async fn write_stream(connection: quinn::Connection, stream: StreamKind, mut frames: mpsc::Receiver<Vec<u8>>) {
     let Ok(mut send) = connection.open_uni().await else {
         return;
     };
@@ -426,12 +364,7 @@ async fn read_stream(conn: ConnId, mut recv: quinn::RecvStream, events: mpsc::Se
         0 => StreamKind::Live,
         1 => StreamKind::CatchUp,
         _ => {
-            let _ = events
-                .send(NetEvent::FrameError {
-                    conn,
-                    error: FrameError::Truncated,
-                })
-                .await;
+            let _ = events.send(NetEvent::FrameError { conn, error: FrameError::Truncated }).await;
             return;
         }
     };
@@ -441,44 +374,25 @@ async fn read_stream(conn: ConnId, mut recv: quinn::RecvStream, events: mpsc::Se
             Ok(()) => {}
             Err(quinn::ReadExactError::FinishedEarly(0)) => return,
             Err(quinn::ReadExactError::FinishedEarly(_)) => {
-                let _ = events
-                    .send(NetEvent::FrameError {
-                        conn,
-                        error: FrameError::Truncated,
-                    })
-                    .await;
+                let _ = events.send(NetEvent::FrameError { conn, error: FrameError::Truncated }).await;
                 return;
             }
             Err(_) => return,
         }
         let len = u32::from_be_bytes(len) as usize;
         if len > FRAME_BYTES_MAX {
-            let _ = events
-                .send(NetEvent::FrameError {
-                    conn,
-                    error: FrameError::Oversized(len),
-                })
-                .await;
+            let _ = events.send(NetEvent::FrameError { conn, error: FrameError::Oversized(len) }).await;
             return;
         }
         let mut body = vec![0u8; len];
         match recv.read_exact(&mut body).await {
             Ok(()) => {
-                if events
-                    .send(NetEvent::Frame { conn, stream, body })
-                    .await
-                    .is_err()
-                {
+                if events.send(NetEvent::Frame { conn, stream, body }).await.is_err() {
                     return;
                 }
             }
             Err(quinn::ReadExactError::FinishedEarly(_)) => {
-                let _ = events
-                    .send(NetEvent::FrameError {
-                        conn,
-                        error: FrameError::Truncated,
-                    })
-                    .await;
+                let _ = events.send(NetEvent::FrameError { conn, error: FrameError::Truncated }).await;
                 return;
             }
             Err(_) => return,

@@ -18,7 +18,5 @@ pub mod driver;
 #[cfg(feature = "driver")]
 pub mod link;
 
-pub use crate::core::{
-    ConnId, Event, FrameError, Gossip, GossipConfig, MemberStatus, PeerState, StreamKind, Transmit,
-};
+pub use crate::core::{ConnId, Event, FrameError, Gossip, GossipConfig, MemberStatus, PeerState, StreamKind, Transmit};
 pub use message::{Message, FRAME_BYTES_MAX, PROTOCOL_VERSION};

@@ -83,11 +83,7 @@ impl LinkFault {
 
     /// The fault clamped into the accepted ranges (NaN loss counts as 0).
     fn sanitized(self) -> Self {
-        let loss = if self.loss.is_nan() {
-            0.0
-        } else {
-            self.loss.clamp(0.0, 1.0)
-        };
+        let loss = if self.loss.is_nan() { 0.0 } else { self.loss.clamp(0.0, 1.0) };
         Self {
             delay_ms: self.delay_ms.min(MAX_DELAY_MS),
             jitter_ms: self.jitter_ms.min(MAX_JITTER_MS),
@@ -101,16 +97,10 @@ impl LinkFault {
 /// to fix (it is shown to the admin API's caller).
 pub fn validate(fault: &LinkFault) -> Result<(), String> {
     if fault.delay_ms > MAX_DELAY_MS {
-        return Err(format!(
-            "delay_ms is {}; it must be at most {MAX_DELAY_MS} (60 s)",
-            fault.delay_ms
-        ));
+        return Err(format!("delay_ms is {}; it must be at most {MAX_DELAY_MS} (60 s)", fault.delay_ms));
     }
     if fault.jitter_ms > MAX_JITTER_MS {
-        return Err(format!(
-            "jitter_ms is {}; it must be at most {MAX_JITTER_MS} (10 s)",
-            fault.jitter_ms
-        ));
+        return Err(format!("jitter_ms is {}; it must be at most {MAX_JITTER_MS} (10 s)", fault.jitter_ms));
     }
     if fault.loss.is_nan() {
         return Err("loss is NaN; it must be a probability from 0.0 to 1.0".to_string());
@@ -226,13 +216,7 @@ impl LinkEmulator {
 
     /// The configured outbound faults, sorted by address.
     pub fn outbound(&self) -> Vec<(SocketAddr, LinkFault)> {
-        let mut faults: Vec<_> = self
-            .shared
-            .read()
-            .outbound
-            .iter()
-            .map(|(peer, fault)| (*peer, *fault))
-            .collect();
+        let mut faults: Vec<_> = self.shared.read().outbound.iter().map(|(peer, fault)| (*peer, *fault)).collect();
         faults.sort_by_key(|(peer, _)| *peer);
         faults
     }
@@ -275,16 +259,8 @@ impl LinkEmulator {
         Ok(self.wrap_with(inner, runtime_handle()?))
     }
 
-    fn wrap_with(
-        &self,
-        inner: Arc<dyn AsyncUdpSocket>,
-        handle: tokio::runtime::Handle,
-    ) -> Arc<dyn AsyncUdpSocket> {
-        Arc::new(EmulatedSocket {
-            inner,
-            shared: self.shared.clone(),
-            handle,
-        })
+    fn wrap_with(&self, inner: Arc<dyn AsyncUdpSocket>, handle: tokio::runtime::Handle) -> Arc<dyn AsyncUdpSocket> {
+        Arc::new(EmulatedSocket { inner, shared: self.shared.clone(), handle })
     }
 }
 
@@ -321,10 +297,8 @@ impl Shared {
     }
 
     fn sync_flags(&self, table: &Table) {
-        self.outbound_active
-            .store(!table.outbound.is_empty(), Relaxed);
-        self.inbound_active
-            .store(!table.inbound_cuts.is_empty(), Relaxed);
+        self.outbound_active.store(!table.outbound.is_empty(), Relaxed);
+        self.inbound_active.store(!table.inbound_cuts.is_empty(), Relaxed);
     }
 
     fn outbound_fault(&self, peer: SocketAddr) -> Option<LinkFault> {
@@ -356,11 +330,8 @@ impl Shared {
     fn sample_delay(&self, fault: &LinkFault) -> Duration {
         let delay_us = i64::from(fault.delay_ms) * 1000;
         let jitter_us = i64::from(fault.jitter_ms) * 1000;
-        let offset_us = if jitter_us > 0 {
-            (self.next_u64() % (2 * jitter_us as u64 + 1)) as i64 - jitter_us
-        } else {
-            0
-        };
+        let offset_us =
+            if jitter_us > 0 { (self.next_u64() % (2 * jitter_us as u64 + 1)) as i64 - jitter_us } else { 0 };
         Duration::from_micros((delay_us + offset_us).max(0) as u64)
     }
 
@@ -378,9 +349,7 @@ struct EmulatedSocket {
 
 impl fmt::Debug for EmulatedSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EmulatedSocket")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+        f.debug_struct("EmulatedSocket").field("inner", &self.inner).finish_non_exhaustive()
     }
 }
 
@@ -467,11 +436,7 @@ impl EmulatedSocket {
             }
         }
         let (contents, segment_size, count) = match &survivors {
-            Some((kept, count)) => (
-                kept.as_slice(),
-                transmit.segment_size.filter(|_| *count > 1),
-                *count,
-            ),
+            Some((kept, count)) => (kept.as_slice(), transmit.segment_size.filter(|_| *count > 1), *count),
             None => (transmit.contents, transmit.segment_size, total),
         };
 
@@ -479,11 +444,7 @@ impl EmulatedSocket {
             // On WouldBlock quinn retries the same transmit and the loss dice
             // are rolled again: harmless, though `dropped_loss` may count a
             // datagram twice.
-            return self.inner.try_send(&Transmit {
-                contents,
-                segment_size,
-                ..*transmit
-            });
+            return self.inner.try_send(&Transmit { contents, segment_size, ..*transmit });
         }
 
         if self.shared.in_flight.fetch_add(1, Relaxed) >= MAX_DELAYED_IN_FLIGHT {
@@ -525,10 +486,7 @@ impl EmulatedSocket {
         for i in 0..meta.len() {
             if table.inbound_cuts.contains(&canonical(meta[i].addr)) {
                 let stride = (meta[i].stride > 0).then_some(meta[i].stride);
-                Shared::count(
-                    &self.shared.dropped_inbound_cut,
-                    segments(meta[i].len, stride),
-                );
+                Shared::count(&self.shared.dropped_inbound_cut, segments(meta[i].len, stride));
                 continue;
             }
             if kept != i {
@@ -541,16 +499,9 @@ impl EmulatedSocket {
     }
 }
 
-async fn send_delayed(
-    shared: &Shared,
-    socket: &Weak<dyn AsyncUdpSocket>,
-    packet: &DelayedTransmit,
-) {
+async fn send_delayed(shared: &Shared, socket: &Weak<dyn AsyncUdpSocket>, packet: &DelayedTransmit) {
     // A link cut while the packet was on its way loses it.
-    if shared
-        .outbound_fault(packet.destination)
-        .is_some_and(|fault| fault.cut)
-    {
+    if shared.outbound_fault(packet.destination).is_some_and(|fault| fault.cut) {
         Shared::count(&shared.dropped_cut, packet.datagrams());
         return;
     }
@@ -700,12 +651,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
         }
 
         fn verify_tls13_signature(
@@ -714,12 +660,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
         }
 
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -759,9 +700,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
 
     /// A server endpoint that echoes every bidirectional stream and
     /// reports every unidirectional stream's contents on the channel.
-    fn echo_server(
-        emulator: &LinkEmulator,
-    ) -> (Endpoint, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    fn echo_server(emulator: &LinkEmulator) -> (Endpoint, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
         let socket = emulator.bind(localhost()).unwrap();
         let endpoint = Endpoint::new_with_abstract_socket(
             EndpointConfig::default(),
@@ -803,22 +742,15 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
 
     fn client(emulator: &LinkEmulator, idle_timeout: Duration) -> Endpoint {
         let socket = emulator.bind(localhost()).unwrap();
-        let mut endpoint = Endpoint::new_with_abstract_socket(
-            EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .unwrap();
+        let mut endpoint =
+            Endpoint::new_with_abstract_socket(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
+                .unwrap();
         endpoint.set_default_client_config(client_config(idle_timeout));
         endpoint
     }
 
     async fn connect(client: &Endpoint, server: SocketAddr) -> Connection {
-        timeout(STEP, client.connect(server, "meridian").unwrap())
-            .await
-            .expect("connect hung")
-            .expect("connect failed")
+        timeout(STEP, client.connect(server, "meridian").unwrap()).await.expect("connect hung").expect("connect failed")
     }
 
     /// One echo round trip on a new stream; returns how long it took.
@@ -856,10 +788,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         assert_eq!(client_link.stats(), LinkStats::default());
 
         // 40 ms each way.
-        let wan = LinkFault {
-            delay_ms: 40,
-            ..LinkFault::default()
-        };
+        let wan = LinkFault { delay_ms: 40, ..LinkFault::default() };
         client_link.set_outbound(server_addr, wan);
         server_link.set_outbound(client_addr, wan);
         let slow = connect(&client, server_addr).await;
@@ -867,11 +796,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         for _ in 0..3 {
             fastest = fastest.min(echo(&slow, b"ping").await);
         }
-        eprintln!(
-            "40 ms each way: echo min {fastest:?}, quinn rtt {:?}, min_rtt {:?}",
-            slow.rtt(),
-            slow.min_rtt()
-        );
+        eprintln!("40 ms each way: echo min {fastest:?}, quinn rtt {:?}, min_rtt {:?}", slow.rtt(), slow.min_rtt());
         assert!(fastest >= Duration::from_millis(80), "{fastest:?}");
         assert!(slow.rtt() >= Duration::from_millis(80), "{:?}", slow.rtt());
         assert!(client_link.stats().delayed > 0);
@@ -886,20 +811,11 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         let server_addr = server.local_addr().unwrap();
         let client = client(&client_link, Duration::from_secs(1));
 
-        client_link.set_outbound(
-            server_addr,
-            LinkFault {
-                cut: true,
-                ..LinkFault::default()
-            },
-        );
+        client_link.set_outbound(server_addr, LinkFault { cut: true, ..LinkFault::default() });
         let attempt = timeout(STEP, client.connect(server_addr, "meridian").unwrap())
             .await
             .expect("connect hung past its idle timeout");
-        assert!(
-            matches!(attempt, Err(quinn::ConnectionError::TimedOut)),
-            "{attempt:?}"
-        );
+        assert!(matches!(attempt, Err(quinn::ConnectionError::TimedOut)), "{attempt:?}");
         assert!(client_link.stats().dropped_cut > 0);
 
         client_link.clear();
@@ -921,10 +837,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         let attempt = timeout(STEP, client.connect(server_addr, "meridian").unwrap())
             .await
             .expect("connect hung past its idle timeout");
-        assert!(
-            matches!(attempt, Err(quinn::ConnectionError::TimedOut)),
-            "{attempt:?}"
-        );
+        assert!(matches!(attempt, Err(quinn::ConnectionError::TimedOut)), "{attempt:?}");
         assert!(server_link.stats().dropped_inbound_cut > 0);
 
         server_link.set_inbound_cut(client_addr, false);
@@ -944,16 +857,11 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         let connection = connect(&client, server_addr).await;
 
         // 20% loss both ways (data one way, acks the other).
-        let lossy = LinkFault {
-            loss: 0.2,
-            ..LinkFault::default()
-        };
+        let lossy = LinkFault { loss: 0.2, ..LinkFault::default() };
         client_link.set_outbound(server_addr, lossy);
         server_link.set_outbound(client_addr, lossy);
 
-        let payload: Vec<u8> = (0..200 * 1024u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-            .collect();
+        let payload: Vec<u8> = (0..200 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
         let start = Instant::now();
         let send = async {
             let mut stream = connection.open_uni().await.unwrap();
@@ -961,9 +869,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
             stream.finish().unwrap();
             uni.recv().await.unwrap()
         };
-        let received = timeout(Duration::from_secs(8), send)
-            .await
-            .expect("lossy transfer hung");
+        let received = timeout(Duration::from_secs(8), send).await.expect("lossy transfer hung");
         let stats = client_link.stats();
         eprintln!(
             "200 KB at 20% loss: {:?}, client {stats:?}, server {:?}, quinn lost {}",
@@ -1018,12 +924,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
             };
             for (i, (addr, data)) in batch.iter().enumerate() {
                 bufs[i][..data.len()].copy_from_slice(data);
-                meta[i] = RecvMeta {
-                    addr: *addr,
-                    len: data.len(),
-                    stride: data.len(),
-                    ..RecvMeta::default()
-                };
+                meta[i] = RecvMeta { addr: *addr, len: data.len(), stride: data.len(), ..RecvMeta::default() };
             }
             Poll::Ready(Ok(batch.len()))
         }
@@ -1039,18 +940,8 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         (fake, wrapped)
     }
 
-    fn transmit(
-        destination: SocketAddr,
-        contents: &[u8],
-        segment_size: Option<usize>,
-    ) -> Transmit<'_> {
-        Transmit {
-            destination,
-            ecn: None,
-            contents,
-            segment_size,
-            src_ip: None,
-        }
+    fn transmit(destination: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> Transmit<'_> {
+        Transmit { destination, ecn: None, contents, segment_size, src_ip: None }
     }
 
     #[tokio::test]
@@ -1060,17 +951,9 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         let peer: SocketAddr = "10.0.0.1:1".parse().unwrap();
         // Ten segments of 100 bytes, the last one short; segment k is all k.
         let contents: Vec<u8> = (0..950).map(|i| (i / 100) as u8).collect();
-        link.set_outbound(
-            peer,
-            LinkFault {
-                loss: 0.5,
-                ..LinkFault::default()
-            },
-        );
+        link.set_outbound(peer, LinkFault { loss: 0.5, ..LinkFault::default() });
         for _ in 0..200 {
-            socket
-                .try_send(&transmit(peer, &contents, Some(100)))
-                .unwrap();
+            socket.try_send(&transmit(peer, &contents, Some(100))).unwrap();
         }
         let sent = fake.sent.lock().unwrap().clone();
         let mut delivered = 0;
@@ -1096,29 +979,17 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         let link = LinkEmulator::new(11);
         let (fake, socket) = fake(&link);
         let peer: SocketAddr = "10.0.0.1:1".parse().unwrap();
-        let delay = LinkFault {
-            delay_ms: 40,
-            ..LinkFault::default()
-        };
+        let delay = LinkFault { delay_ms: 40, ..LinkFault::default() };
         link.set_outbound(peer, delay);
         socket.try_send(&transmit(peer, b"first", None)).unwrap();
         tokio::time::sleep(Duration::from_millis(39)).await;
         assert!(fake.sent.lock().unwrap().is_empty());
         tokio::time::sleep(Duration::from_millis(2)).await;
-        assert_eq!(
-            fake.sent.lock().unwrap().clone(),
-            vec![(b"first".to_vec(), None)]
-        );
+        assert_eq!(fake.sent.lock().unwrap().clone(), vec![(b"first".to_vec(), None)]);
 
         // Cut while on the wire: lost.
         socket.try_send(&transmit(peer, b"second", None)).unwrap();
-        link.set_outbound(
-            peer,
-            LinkFault {
-                cut: true,
-                ..LinkFault::default()
-            },
-        );
+        link.set_outbound(peer, LinkFault { cut: true, ..LinkFault::default() });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(fake.sent.lock().unwrap().len(), 1);
         assert_eq!(link.stats().dropped_cut, 1);
@@ -1155,26 +1026,17 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
             batches.push_back(vec![(cut, b"c5".to_vec())]);
         }
         let mut storage = [[0u8; 16]; 4];
-        let mut bufs: Vec<IoSliceMut<'_>> =
-            storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut bufs: Vec<IoSliceMut<'_>> = storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let mut meta = [RecvMeta::default(); 4];
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut receive = |bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]| -> Poll<Batch> {
-            socket.poll_recv(&mut cx, bufs, meta).map(|n| {
-                (0..n.unwrap())
-                    .map(|i| (meta[i].addr, bufs[i][..meta[i].len].to_vec()))
-                    .collect()
-            })
+            socket
+                .poll_recv(&mut cx, bufs, meta)
+                .map(|n| (0..n.unwrap()).map(|i| (meta[i].addr, bufs[i][..meta[i].len].to_vec())).collect())
         };
-        assert_eq!(
-            receive(&mut bufs, &mut meta),
-            Poll::Ready(vec![(good, b"g1".to_vec()), (good, b"g2".to_vec())])
-        );
+        assert_eq!(receive(&mut bufs, &mut meta), Poll::Ready(vec![(good, b"g1".to_vec()), (good, b"g2".to_vec())]));
         // A wholly cut batch is skipped; the next one is read at once.
-        assert_eq!(
-            receive(&mut bufs, &mut meta),
-            Poll::Ready(vec![(good, b"g3".to_vec())])
-        );
+        assert_eq!(receive(&mut bufs, &mut meta), Poll::Ready(vec![(good, b"g3".to_vec())]));
         // Only cut datagrams left, then nothing: Pending, never Ready(0).
         assert_eq!(receive(&mut bufs, &mut meta), Poll::Pending);
         assert_eq!(link.stats().dropped_inbound_cut, 5);
@@ -1183,49 +1045,18 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
     #[test]
     fn link_validate_explains_what_to_fix() {
         assert_eq!(validate(&LinkFault::default()), Ok(()));
-        let ok = LinkFault {
-            delay_ms: 60_000,
-            jitter_ms: 10_000,
-            loss: 1.0,
-            cut: true,
-        };
+        let ok = LinkFault { delay_ms: 60_000, jitter_ms: 10_000, loss: 1.0, cut: true };
         assert_eq!(validate(&ok), Ok(()));
 
-        let error = validate(&LinkFault {
-            loss: 1.5,
-            ..LinkFault::default()
-        })
-        .unwrap_err();
-        assert!(
-            error.contains("loss") && error.contains("0.0 to 1.0"),
-            "{error}"
-        );
-        let error = validate(&LinkFault {
-            loss: f64::NAN,
-            ..LinkFault::default()
-        })
-        .unwrap_err();
+        let error = validate(&LinkFault { loss: 1.5, ..LinkFault::default() }).unwrap_err();
+        assert!(error.contains("loss") && error.contains("0.0 to 1.0"), "{error}");
+        let error = validate(&LinkFault { loss: f64::NAN, ..LinkFault::default() }).unwrap_err();
         assert!(error.contains("NaN"), "{error}");
-        let error = validate(&LinkFault {
-            loss: -0.1,
-            ..LinkFault::default()
-        })
-        .unwrap_err();
+        let error = validate(&LinkFault { loss: -0.1, ..LinkFault::default() }).unwrap_err();
         assert!(error.contains("loss"), "{error}");
-        let error = validate(&LinkFault {
-            delay_ms: 1_000_000,
-            ..LinkFault::default()
-        })
-        .unwrap_err();
-        assert!(
-            error.contains("delay_ms") && error.contains("60000"),
-            "{error}"
-        );
-        let error = validate(&LinkFault {
-            jitter_ms: 10_001,
-            ..LinkFault::default()
-        })
-        .unwrap_err();
+        let error = validate(&LinkFault { delay_ms: 1_000_000, ..LinkFault::default() }).unwrap_err();
+        assert!(error.contains("delay_ms") && error.contains("60000"), "{error}");
+        let error = validate(&LinkFault { jitter_ms: 10_001, ..LinkFault::default() }).unwrap_err();
         assert!(error.contains("jitter_ms"), "{error}");
     }
 
@@ -1237,40 +1068,21 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
         let b: SocketAddr = "10.0.0.2:4433".parse().unwrap();
         assert!(!link.shared.outbound_active.load(Relaxed));
 
-        let delay = LinkFault {
-            delay_ms: 10,
-            ..LinkFault::default()
-        };
+        let delay = LinkFault { delay_ms: 10, ..LinkFault::default() };
         link.set_outbound(a, delay);
         link.set_outbound(b, delay);
         // Mapped and plain IPv4 are the same peer; this replaces a's fault.
-        let cut = LinkFault {
-            cut: true,
-            ..LinkFault::default()
-        };
+        let cut = LinkFault { cut: true, ..LinkFault::default() };
         link.set_outbound(mapped, cut);
         assert_eq!(link.outbound(), vec![(a, cut), (b, delay)]);
         assert!(link.shared.outbound_active.load(Relaxed));
 
         // Healthy removes; clamping keeps the table in range.
         link.set_outbound(a, LinkFault::default());
-        link.set_outbound(
-            b,
-            LinkFault {
-                loss: f64::NAN,
-                ..LinkFault::default()
-            },
-        );
+        link.set_outbound(b, LinkFault { loss: f64::NAN, ..LinkFault::default() });
         assert!(link.outbound().is_empty());
         assert!(!link.shared.outbound_active.load(Relaxed));
-        link.set_outbound(
-            a,
-            LinkFault {
-                loss: 7.0,
-                delay_ms: u32::MAX,
-                ..LinkFault::default()
-            },
-        );
+        link.set_outbound(a, LinkFault { loss: 7.0, delay_ms: u32::MAX, ..LinkFault::default() });
         assert_eq!(link.outbound()[0].1.loss, 1.0);
         assert_eq!(link.outbound()[0].1.delay_ms, MAX_DELAY_MS);
 
@@ -1285,11 +1097,7 @@ OX7uBW62m4t50nBp3zLAYiiPOoegljZ+iShyAJet/OHkEdQQLM3c4MU6
 
     #[test]
     fn link_randomness_is_seeded_and_in_range() {
-        let fault = LinkFault {
-            delay_ms: 5,
-            jitter_ms: 20,
-            ..LinkFault::default()
-        };
+        let fault = LinkFault { delay_ms: 5, jitter_ms: 20, ..LinkFault::default() };
         let (one, two) = (LinkEmulator::new(42), LinkEmulator::new(42));
         let mut zero_delays = 0;
         for _ in 0..10_000 {

@@ -194,11 +194,7 @@ impl Message {
                 let version = u16::from_be_bytes(r.take(2)?.try_into().expect("2 bytes"));
                 let cluster = r.text()?;
                 let me = r.member()?;
-                Message::Hello(Hello {
-                    version,
-                    cluster,
-                    me,
-                })
+                Message::Hello(Hello { version, cluster, me })
             }
             TAG_HEARTBEAT => {
                 let hlc = Hlc::from_bytes(r.take(12)?.try_into().expect("12 bytes"));
@@ -213,22 +209,14 @@ impl Message {
                 for _ in 0..count {
                     members.push(r.member()?);
                 }
-                Message::Heartbeat(Heartbeat {
-                    hlc,
-                    vv,
-                    log_floor,
-                    members,
-                })
+                Message::Heartbeat(Heartbeat { hlc, vv, log_floor, members })
             }
             TAG_CHANGES => {
                 let count = r.count(RECORDS_PER_MESSAGE_MAX, "records")?;
                 let mut records = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
                     let bytes = r.bytes()?;
-                    records.push(
-                        ChangeRecord::decode(bytes)
-                            .map_err(|_| DecodeError::Invalid("change record"))?,
-                    );
+                    records.push(ChangeRecord::decode(bytes).map_err(|_| DecodeError::Invalid("change record"))?);
                 }
                 Message::Changes(records)
             }
@@ -237,8 +225,7 @@ impl Message {
                 let count = r.count(SNAPSHOT_DOCS_MAX, "snapshot documents")?;
                 let mut docs = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
-                    let id = std::str::from_utf8(r.bytes()?)
-                        .map_err(|_| DecodeError::Invalid("document id"))?;
+                    let id = std::str::from_utf8(r.bytes()?).map_err(|_| DecodeError::Invalid("document id"))?;
                     let id = DocId::new(id).map_err(|_| DecodeError::Invalid("document id"))?;
                     docs.push((id, r.bytes()?.to_vec()));
                 }
@@ -247,11 +234,7 @@ impl Message {
                     1 => Some(r.vv()?),
                     _ => return Err(DecodeError::Invalid("snapshot covers flag")),
                 };
-                Message::Snapshot(SnapshotChunk {
-                    transfer,
-                    docs,
-                    covers,
-                })
+                Message::Snapshot(SnapshotChunk { transfer, docs, covers })
             }
             tag => return Err(DecodeError::UnknownTag(tag)),
         };
@@ -330,18 +313,13 @@ impl<'a> Reader<'a> {
     }
 
     fn node(&mut self) -> Result<NodeId, DecodeError> {
-        Ok(NodeId(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        )))
+        Ok(NodeId(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"))))
     }
 
     fn member(&mut self) -> Result<MemberInfo, DecodeError> {
         let node = self.node()?;
         let region = self.text()?;
-        let addr = self
-            .text()?
-            .parse()
-            .map_err(|_| DecodeError::Invalid("member address"))?;
+        let addr = self.text()?.parse().map_err(|_| DecodeError::Invalid("member address"))?;
         Ok(MemberInfo { node, region, addr })
     }
 
@@ -352,9 +330,7 @@ impl<'a> Reader<'a> {
             let origin = self.node()?;
             let start = self.varint()?;
             let len = self.varint()?;
-            let end = start
-                .checked_add(len)
-                .ok_or(DecodeError::Invalid("range overflows"))?;
+            let end = start.checked_add(len).ok_or(DecodeError::Invalid("range overflows"))?;
             if start == 0 {
                 return Err(DecodeError::Invalid("sequence numbers start at 1"));
             }
@@ -370,20 +346,12 @@ mod tests {
     use meridian_crdt::ChangeMeta;
 
     fn samples() -> Vec<Message> {
-        let member = MemberInfo {
-            node: NodeId(9),
-            region: "eu-west".into(),
-            addr: "127.0.0.1:7171".parse().unwrap(),
-        };
+        let member = MemberInfo { node: NodeId(9), region: "eu-west".into(), addr: "127.0.0.1:7171".parse().unwrap() };
         let mut vv = VersionVector::new();
         vv.insert_range(NodeId(9), 1, 40);
         vv.insert(NodeId(3), 7);
         vec![
-            Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                cluster: "prod".into(),
-                me: member.clone(),
-            }),
+            Message::Hello(Hello { version: PROTOCOL_VERSION, cluster: "prod".into(), me: member.clone() }),
             Message::Heartbeat(Heartbeat {
                 hlc: Hlc::new(5, 1),
                 vv: vv.clone(),
@@ -391,11 +359,7 @@ mod tests {
                 members: vec![member],
             }),
             Message::Changes(vec![ChangeRecord {
-                meta: ChangeMeta {
-                    origin: NodeId(9),
-                    seq: 4,
-                    hlc: Hlc::new(1, 0),
-                },
+                meta: ChangeMeta { origin: NodeId(9), seq: 4, hlc: Hlc::new(1, 0) },
                 doc: DocId::new("a/b").unwrap(),
                 changes: vec![vec![1, 2, 3]],
             }]),
@@ -423,11 +387,7 @@ mod tests {
             let frame = message.encode_frame();
             let body = &frame[4..];
             for len in 0..body.len() {
-                assert!(
-                    Message::decode(&body[..len]).is_err(),
-                    "{} accepted at {len} bytes",
-                    message.kind()
-                );
+                assert!(Message::decode(&body[..len]).is_err(), "{} accepted at {len} bytes", message.kind());
             }
             let mut longer = body.to_vec();
             longer.push(0);
@@ -451,9 +411,7 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let len = (state % 64) as usize;
-            let bytes: Vec<u8> = (0..len)
-                .map(|i| (state >> (i % 8 * 8)) as u8 ^ i as u8)
-                .collect();
+            let bytes: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8 ^ i as u8).collect();
             let _ = Message::decode(&bytes);
         }
         // And mutations of valid messages.

@@ -34,6 +34,53 @@ pub struct ServeArgs {
     /// How often dirty documents are snapshotted, in ms [default: 5000]
     #[arg(long, env = "MERIDIAN_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
     pub checkpoint_interval_ms: Option<u64>,
+    /// Directory with ca.pem and this node's certificate (see `meridian certs`); enables replication
+    #[arg(long, env = "MERIDIAN_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Which certificate in --certs is this node's [default: the region]
+    #[arg(long, env = "MERIDIAN_CERT_NAME", value_name = "NAME")]
+    pub cert_name: Option<String>,
+    /// QUIC address for peers [default: 127.0.0.1:7171]
+    #[arg(long, env = "MERIDIAN_LISTEN_PEER", value_name = "ADDR")]
+    pub listen_peer: Option<String>,
+    /// Address peers should dial to reach this node [default: --listen-peer]
+    #[arg(long, env = "MERIDIAN_ADVERTISE_PEER", value_name = "ADDR")]
+    pub advertise_peer: Option<String>,
+    /// A peer to join through (repeatable; one is enough)
+    #[arg(long = "peer", env = "MERIDIAN_PEERS", value_name = "ADDR", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Cluster name; nodes of other clusters are refused [default: meridian]
+    #[arg(long, env = "MERIDIAN_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Heartbeat period in ms [default: 100]
+    #[arg(long, env = "MERIDIAN_HEARTBEAT_MS", value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// A peer whose clock runs further ahead than this is flagged and cannot move our clock [default: 500]
+    #[arg(long, env = "MERIDIAN_MAX_CLOCK_OFFSET_MS", value_name = "MS")]
+    pub max_clock_offset_ms: Option<u64>,
+    /// File holding the admin bearer token (admin endpoints are off without one)
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// A link fault imposed from the start (TOML `[[faults]]`), as the admin API would.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Region of the peers it applies to.
+    pub peer_region: String,
+    /// One-way delay added to packets towards them.
+    #[serde(default)]
+    pub delay_ms: u32,
+    /// Random extra delay, plus or minus.
+    #[serde(default)]
+    pub jitter_ms: u32,
+    /// Probability of dropping a packet towards them.
+    #[serde(default)]
+    pub loss: f64,
+    /// Cut the link.
+    #[serde(default)]
+    pub cut: bool,
 }
 
 /// The same settings as read from a TOML file.
@@ -46,6 +93,17 @@ struct FileConfig {
     log_format: Option<String>,
     body_limit_bytes: Option<usize>,
     checkpoint_interval_ms: Option<u64>,
+    certs: Option<PathBuf>,
+    cert_name: Option<String>,
+    listen_peer: Option<String>,
+    advertise_peer: Option<String>,
+    peers: Option<Vec<String>>,
+    cluster: Option<String>,
+    heartbeat_ms: Option<u64>,
+    max_clock_offset_ms: Option<u64>,
+    admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    faults: Vec<FaultConfig>,
 }
 
 /// Log output format.
@@ -68,10 +126,7 @@ pub struct ConfigError {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        reason: reason.into(),
-    }
+    ConfigError { field, reason: reason.into() }
 }
 
 /// A validated node configuration.
@@ -89,6 +144,33 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// Snapshot interval.
     pub checkpoint_interval: Duration,
+    /// Replication settings; `None` runs the node alone.
+    pub replication: Option<ReplicationConfig>,
+    /// Admin bearer token; admin endpoints answer 404 without one.
+    pub admin_token: Option<String>,
+}
+
+/// Settings that exist only when the node replicates (it has certificates).
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// Certificate directory.
+    pub certs: PathBuf,
+    /// This node's certificate name in it.
+    pub cert_name: String,
+    /// QUIC bind address.
+    pub listen_peer: SocketAddr,
+    /// Address peers dial.
+    pub advertise_peer: SocketAddr,
+    /// Seeds.
+    pub peers: Vec<SocketAddr>,
+    /// Cluster name.
+    pub cluster: String,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Largest tolerated clock lead of a peer.
+    pub max_clock_offset: Duration,
+    /// Faults in force from the start.
+    pub faults: Vec<FaultConfig>,
 }
 
 /// Smallest and largest accepted body limits.
@@ -104,6 +186,8 @@ impl Config {
             log_format: LogFormat::Text,
             body_limit_bytes: 1 << 20,
             checkpoint_interval: Duration::from_millis(5000),
+            replication: None,
+            admin_token: None,
         }
     }
 
@@ -112,75 +196,141 @@ impl Config {
         let file = match &args.config {
             None => FileConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|err| {
-                    invalid("config", format!("cannot read {}: {err}", path.display()))
-                })?;
-                toml::from_str(&text)
-                    .map_err(|err| invalid("config", format!("{}: {err}", path.display())))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|err| invalid("config", format!("cannot read {}: {err}", path.display())))?;
+                toml::from_str(&text).map_err(|err| invalid("config", format!("{}: {err}", path.display())))?
             }
         };
-        let region = args
-            .region
-            .or(file.region)
-            .unwrap_or_else(|| "local".into());
+        let region = args.region.or(file.region).unwrap_or_else(|| "local".into());
         if region.is_empty()
             || region.len() > 64
-            || !region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(invalid(
                 "region",
                 format!("{region:?} must be 1 to 64 characters of a-z, 0-9 and '-', like eu-west"),
             ));
         }
-        let listen_text = args
-            .listen_http
-            .or(file.listen_http)
-            .unwrap_or_else(|| "127.0.0.1:7070".into());
+        let listen_text = args.listen_http.or(file.listen_http).unwrap_or_else(|| "127.0.0.1:7070".into());
         let listen_http = listen_text.parse().map_err(|_| {
-            invalid(
-                "listen_http",
-                format!("{listen_text:?} is not an address; use host:port like 127.0.0.1:7070"),
-            )
+            invalid("listen_http", format!("{listen_text:?} is not an address; use host:port like 127.0.0.1:7070"))
         })?;
         let log_format = match args.log_format.or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(invalid(
-                    "log_format",
-                    format!("{other:?} is not a log format; use text or json"),
-                ))
+                return Err(invalid("log_format", format!("{other:?} is not a log format; use text or json")))
             }
         };
-        let body_limit_bytes = args
-            .body_limit_bytes
-            .or(file.body_limit_bytes)
-            .unwrap_or(1 << 20);
+        let body_limit_bytes = args.body_limit_bytes.or(file.body_limit_bytes).unwrap_or(1 << 20);
         if !BODY_LIMIT_RANGE.contains(&body_limit_bytes) {
             return Err(invalid(
                 "body_limit_bytes",
-                format!(
-                    "{body_limit_bytes} is out of range; use 1024 to {}",
-                    BODY_LIMIT_RANGE.end()
-                ),
+                format!("{body_limit_bytes} is out of range; use 1024 to {}", BODY_LIMIT_RANGE.end()),
             ));
         }
-        let checkpoint_ms = args
-            .checkpoint_interval_ms
-            .or(file.checkpoint_interval_ms)
-            .unwrap_or(5000);
+        let checkpoint_ms = args.checkpoint_interval_ms.or(file.checkpoint_interval_ms).unwrap_or(5000);
         if !(10..=3_600_000).contains(&checkpoint_ms) {
             return Err(invalid(
                 "checkpoint_interval_ms",
                 format!("{checkpoint_ms} is out of range; use 10 to 3600000"),
             ));
         }
-        let data_dir = args
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("meridian-data"));
+        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("meridian-data"));
+        let admin_token = match std::env::var("MERIDIAN_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+            Some(token) => Some(token.trim().to_string()),
+            None => match args.admin_token_file.or(file.admin_token_file) {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|err| invalid("admin_token_file", format!("cannot read {}: {err}", path.display())))?;
+                    let token = text.trim().to_string();
+                    if token.len() < 16 {
+                        return Err(invalid(
+                            "admin_token_file",
+                            format!(
+                                "{} holds a token shorter than 16 characters; use a long random token",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    Some(token)
+                }
+            },
+        };
+        let peers_text = if args.peers.is_empty() { file.peers.unwrap_or_default() } else { args.peers };
+        let certs = args.certs.or(file.certs);
+        let replication = match certs {
+            None => {
+                if !peers_text.is_empty() {
+                    return Err(invalid(
+                        "peer",
+                        "--peer needs --certs: peers authenticate each other with certificates. Make them with `meridian certs init --dir certs` and `meridian certs issue --dir certs --node <region>` (once per region), then start each node with `--certs certs`",
+                    ));
+                }
+                None
+            }
+            Some(certs) => {
+                let cert_name = args.cert_name.or(file.cert_name).unwrap_or_else(|| region.clone());
+                let listen_text = args.listen_peer.or(file.listen_peer).unwrap_or_else(|| "127.0.0.1:7171".into());
+                let listen_peer: SocketAddr = listen_text.parse().map_err(|_| {
+                    invalid(
+                        "listen_peer",
+                        format!("{listen_text:?} is not an address; use host:port like 127.0.0.1:7171"),
+                    )
+                })?;
+                let advertise_peer = match args.advertise_peer.or(file.advertise_peer) {
+                    Some(text) => resolve("advertise_peer", &text)?,
+                    None if listen_peer.ip().is_unspecified() => {
+                        return Err(invalid(
+                            "advertise_peer",
+                            format!(
+                            "listen_peer is {listen_peer}: set advertise_peer to the address other nodes should dial"
+                        ),
+                        ))
+                    }
+                    None => listen_peer,
+                };
+                let peers = peers_text.iter().map(|p| resolve("peer", p)).collect::<Result<Vec<_>, _>>()?;
+                let cluster = args.cluster.or(file.cluster).unwrap_or_else(|| "meridian".into());
+                if cluster.is_empty() || cluster.len() > 64 {
+                    return Err(invalid("cluster", "use 1 to 64 characters"));
+                }
+                let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
+                if !(10..=10_000).contains(&heartbeat_ms) {
+                    return Err(invalid("heartbeat_ms", format!("{heartbeat_ms} is out of range; use 10 to 10000")));
+                }
+                let offset_ms = args.max_clock_offset_ms.or(file.max_clock_offset_ms).unwrap_or(500);
+                if !(1..=3_600_000).contains(&offset_ms) {
+                    return Err(invalid(
+                        "max_clock_offset_ms",
+                        format!("{offset_ms} is out of range; use 1 to 3600000"),
+                    ));
+                }
+                for fault in &file.faults {
+                    let link = meridian_gossip::link::LinkFault {
+                        delay_ms: fault.delay_ms,
+                        jitter_ms: fault.jitter_ms,
+                        loss: fault.loss,
+                        cut: fault.cut,
+                    };
+                    meridian_gossip::link::validate(&link).map_err(|reason| {
+                        invalid("faults", format!("peer_region {:?}: {reason}", fault.peer_region))
+                    })?;
+                }
+                Some(ReplicationConfig {
+                    certs,
+                    cert_name,
+                    listen_peer,
+                    advertise_peer,
+                    peers,
+                    cluster,
+                    heartbeat: Duration::from_millis(heartbeat_ms),
+                    max_clock_offset: Duration::from_millis(offset_ms),
+                    faults: file.faults,
+                })
+            }
+        };
         Ok(Config {
             region,
             data_dir,
@@ -188,8 +338,22 @@ impl Config {
             log_format,
             body_limit_bytes,
             checkpoint_interval: Duration::from_millis(checkpoint_ms),
+            replication,
+            admin_token,
         })
     }
+}
+
+/// Resolves `host:port` (a name or an IP) to one socket address.
+fn resolve(field: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .map_err(|err| invalid(field, format!("{text:?} does not resolve ({err}); use host:port like 127.0.0.1:7171")))?
+        .next()
+        .ok_or_else(|| invalid(field, format!("{text:?} resolves to no address")))
 }
 
 #[cfg(test)]
@@ -197,20 +361,14 @@ mod tests {
     use super::*;
 
     fn write_file(name: &str, text: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!(
-            "meridian-config-{name}-{}.toml",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("meridian-config-{name}-{}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
         path
     }
 
     #[test]
     fn flags_override_file_override_defaults() {
-        let path = write_file(
-            "layers",
-            "region = \"eu-west\"\nlisten_http = \"127.0.0.1:9000\"\n",
-        );
+        let path = write_file("layers", "region = \"eu-west\"\nlisten_http = \"127.0.0.1:9000\"\n");
         let args = ServeArgs {
             config: Some(path.clone()),
             listen_http: Some("127.0.0.1:9100".into()),
@@ -225,24 +383,12 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let err = Config::resolve(ServeArgs {
-            region: Some("EU West".into()),
-            ..ServeArgs::default()
-        })
-        .unwrap_err();
+        let err = Config::resolve(ServeArgs { region: Some("EU West".into()), ..ServeArgs::default() }).unwrap_err();
         assert_eq!(err.field, "region");
-        let err = Config::resolve(ServeArgs {
-            listen_http: Some("nope".into()),
-            ..ServeArgs::default()
-        })
-        .unwrap_err();
+        let err = Config::resolve(ServeArgs { listen_http: Some("nope".into()), ..ServeArgs::default() }).unwrap_err();
         assert_eq!(err.field, "listen_http");
         let path = write_file("unknown", "regoin = \"x\"\n");
-        let err = Config::resolve(ServeArgs {
-            config: Some(path.clone()),
-            ..ServeArgs::default()
-        })
-        .unwrap_err();
+        let err = Config::resolve(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).unwrap_err();
         assert!(err.to_string().contains("regoin"), "{err}");
         std::fs::remove_file(path).unwrap();
     }

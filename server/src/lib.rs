@@ -1,6 +1,7 @@
 //! The `meridian` binary's library: configuration, storage, the node runtime
 //! and the serve loop. `main.rs` only parses the command line and calls in.
 
+pub mod certs;
 pub mod config;
 pub mod runtime;
 pub mod storage;
@@ -24,6 +25,9 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
+    /// Replication could not start.
+    #[error(transparent)]
+    Replication(#[from] runtime::ReplicationError),
 }
 
 /// Serves the API on `listener` until `shutdown` resolves. Health answers at
@@ -38,9 +42,7 @@ pub async fn serve(
     let handle = Arc::new(NodeHandle::default());
     let app = router(
         handle.clone(),
-        WebConfig {
-            body_limit_bytes: config.body_limit_bytes,
-        },
+        WebConfig { body_limit_bytes: config.body_limit_bytes, admin_token: config.admin_token.clone() },
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = handle.clone();
@@ -67,14 +69,18 @@ pub async fn serve(
             return Err(err.into());
         }
     };
+    if let Err(err) = runtime.start_replication() {
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        let stopping = runtime.clone();
+        tokio::task::spawn_blocking(move || stopping.shutdown()).await.ok();
+        return Err(err.into());
+    }
     handle.set(runtime.clone());
     tracing::info!(node_id = %runtime.node_id(), region = %config.region, "ready");
-    let result = server
-        .await
-        .map_err(|err| std::io::Error::other(format!("server task failed: {err}")))?;
-    tokio::task::spawn_blocking(move || runtime.shutdown())
-        .await
-        .ok();
+    let result = server.await.map_err(|err| std::io::Error::other(format!("server task failed: {err}")))?;
+    runtime.stop_replication().await;
+    tokio::task::spawn_blocking(move || runtime.shutdown()).await.ok();
     result?;
     Ok(())
 }

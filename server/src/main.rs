@@ -18,13 +18,60 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Make the certificates nodes use to authenticate each other.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA (ca.pem, ca.key) in a new directory.
+    Init {
+        /// Directory to create.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+    /// Issue a node certificate (NAME.pem, NAME.key) signed by the CA in DIR.
+    Issue {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Node name; by default a node uses the certificate named after its region.
+        #[arg(long)]
+        node: String,
+    },
+}
+
+fn run_certs(command: CertsCommand) -> ExitCode {
+    let result = match command {
+        CertsCommand::Init { dir } => meridian_server::certs::init(&dir).map(|report| {
+            println!("cluster CA created: {} (key: {})", report.ca_cert.display(), report.ca_key.display());
+            println!("next: meridian certs issue --dir {} --node <region>", dir.display());
+        }),
+        CertsCommand::Issue { dir, node } => meridian_server::certs::issue(&dir, &node).map(|report| {
+            println!("certificate for {}: {} (key: {})", report.node, report.cert.display(), report.key.display());
+            println!("start the node with: meridian serve --region {} --certs {}", report.node, dir.display());
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("meridian: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal; files and collectors get plain text.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -35,14 +82,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -56,6 +102,7 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Certs { command } => run_certs(command),
         Command::Serve(args) => {
             let config = match Config::resolve(args) {
                 Ok(config) => config,
@@ -65,10 +112,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(config.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     eprintln!("meridian: cannot start the async runtime: {err}");
@@ -88,7 +132,8 @@ fn main() -> ExitCode {
                     http = %address,
                     region = %config.region,
                     data_dir = %config.data_dir.display(),
-                    "meridian listening; running alone (no --certs: no peer listener, no replication)"
+                    replication = if config.replication.is_some() { "on" } else { "off: running alone (no --certs, so no peer listener)" },
+                    "meridian listening"
                 );
                 match serve(config, listener, shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,

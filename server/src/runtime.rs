@@ -1,43 +1,52 @@
-//! The node runtime: owns the replica, the real clock and the storage thread,
-//! and implements the web layer's [`Node`] trait.
+//! The node runtime: owns the replica, the real clock, the storage thread
+//! and (with certificates) the replication driver, and implements the web
+//! layer's [`Node`] trait.
 //!
 //! ```text
-//!  HTTP write ──► lock replica ─► clock.now() ─► replica.local_write ─► send record (ticket n)
-//!                                                                          │ (same lock: channel
-//!                                                                          ▼  order = seq order)
+//!  HTTP write ──► lock core ─► clock.now() ─► replica.local_write ─► send record (ticket n)
+//!                                                                       │ (same lock: channel
+//!                                                                       ▼  order = seq order)
 //!                  ◄── durable watch (seq ≥ mine) ◄── fsync ◄── storage thread: drain channel,
-//!  HTTP 200/201                                                 one redb commit per batch
+//!  HTTP 200/201                                                 one redb commit per batch,
+//!                                                               then push to gossip / apply remote
+//!  peer records ──► driver ──► Host::handle_event ──► storage thread (persist, then apply)
 //! ```
 //!
 //! **Group commit.** The storage thread takes every record waiting in the
 //! channel (up to a bound) and commits them in one fsynced transaction, so
 //! concurrent writes share fsyncs.
 //!
-//! **Durable-only reads.** A change is applied in memory before it is
-//! durable, so a reader snapshots the document, then waits until the last
-//! local change in it is durable before answering. Nobody sees a change a
-//! crash could still take back (its sequence number would be reused).
+//! **Durable before visible to peers.** Local records reach the gossip core
+//! only after their commit; remote records are applied (and so counted in
+//! the vector we advertise) only after theirs. A crash can lose what was
+//! received but not yet durable; the vector never claimed it, so
+//! anti-entropy brings it again.
 //!
-//! **Checkpoints.** Periodically the storage thread snapshots dirty
-//! documents. Order matters (see [`StorageWorker::checkpoint`]): it first
-//! commits every record up to a ticket, then snapshots, then truncates the
-//! log only below that ticket's vector, so a truncated change is always in a
-//! snapshot.
+//! **Durable-only reads.** A reader snapshots the document, then waits until
+//! the last local change in it is durable before answering, so nobody sees a
+//! change whose sequence number a crash could reuse.
+//!
+//! **Checkpoints.** See [`StorageWorker::checkpoint`]: records first, then
+//! snapshots, then truncation below what the snapshots and every member hold.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hybrid_clocks::{Clock, WallNS};
-use meridian_crdt::{ChangeRecord, DocId, Document, Hlc, NodeId, Replica, Token, WriteOp};
-use meridian_web::metrics::{header, Histogram};
-use meridian_web::{DocRead, Node, NodeError, WriteAck};
-use tokio::sync::{watch, Semaphore};
+use meridian_crdt::{ChangeRecord, DocId, Document, Hlc, NodeId, Replica, Token, VersionVector, WriteOp};
+use meridian_gossip::driver::{self, Clocks, DriverConfig, DriverHandle, Host};
+use meridian_gossip::link::{LinkEmulator, LinkFault};
+use meridian_gossip::{Event, Gossip, GossipConfig};
+use meridian_web::metrics::{escape_label, header, Histogram};
+use meridian_web::{DocRead, FaultSpec, Node, NodeError, WriteAck};
+use serde_json::{json, Value as Json};
+use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::config::Config;
+use crate::config::{Config, ReplicationConfig};
 use crate::storage::{Batch, StorageError, Store};
 
 /// Most records in one storage commit.
@@ -48,12 +57,13 @@ pub const BATCH_BYTES_MAX: usize = 16 << 20;
 pub const WRITES_IN_FLIGHT_MAX: usize = 8192;
 /// A checkpoint is also forced when this many documents are dirty.
 pub const DIRTY_DOCS_MAX: usize = 50_000;
+/// Remote records waiting for the storage thread; beyond it new ones are
+/// dropped (anti-entropy resends them), so a fast peer cannot grow memory.
+pub const REMOTE_RECORDS_IN_FLIGHT_MAX: u64 = 200_000;
 
 /// What the storage thread has made durable, published to waiters.
 #[derive(Clone, Debug, Default)]
 struct Durable {
-    /// Highest ticket committed (tickets number every record sent to storage).
-    ticket: u64,
     /// Highest local sequence number committed.
     local_seq: u64,
     /// Set when storage failed: the node cannot go on.
@@ -61,16 +71,29 @@ struct Durable {
 }
 
 enum StorageMsg {
-    Append { ticket: u64, record: ChangeRecord },
+    /// A local record; tickets number them in sequence order.
+    Append {
+        ticket: u64,
+        record: ChangeRecord,
+    },
+    /// Records received from a peer.
+    Remote(Vec<ChangeRecord>),
+    /// A state-transfer chunk.
+    Snapshot {
+        docs: Vec<(DocId, Vec<u8>)>,
+        covers: Option<VersionVector>,
+    },
     Shutdown,
 }
 
-/// The replica and the count of records sent to storage, under one lock so
-/// the channel sees records in the order they were applied.
+/// Everything behind the node's one lock: the replica, the count of local
+/// records sent to storage (so the channel sees them in sequence order), the
+/// HLC clock, and the gossip core (which reads the replica).
 struct Core {
     replica: Replica,
     tickets_sent: u64,
     clock: Clock<WallNS>,
+    gossip: Option<Gossip>,
 }
 
 /// Node-level metrics (the HTTP ones live in the web crate).
@@ -82,23 +105,64 @@ struct NodeMetrics {
     storage_commits: AtomicU64,
     storage_records: AtomicU64,
     recovery_ms: AtomicU64,
+    remote_applied: AtomicU64,
+    remote_duplicates: AtomicU64,
+    remote_dropped: AtomicU64,
+    remote_in_flight: AtomicU64,
+    snapshots_installed: AtomicU64,
+    hlc_not_observed: AtomicU64,
 }
 
 struct Shared {
     core: Mutex<Core>,
     metrics: NodeMetrics,
+    /// Wakes the replication driver when there is something to send.
+    wake: OnceLock<Arc<Notify>>,
+    /// Peers whose clocks run ahead by more than the limit, with their offset in ms.
+    clock_flags: Mutex<BTreeMap<NodeId, i64>>,
+    max_clock_offset: Duration,
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
-    // A panic while holding the lock cannot leave the replica half-written in
-    // a way a later reader could observe as valid JSON; keep serving.
-    shared
-        .core
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    // A panic while holding the lock cannot leave a document half-written
+    // (automerge transactions roll back); keep serving.
+    shared.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A running node: replica, clock, storage thread.
+fn wall_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+impl Shared {
+    /// Observes a peer's timestamp unless it is further ahead of our wall
+    /// clock than the limit: such a peer must not drag our clock forward.
+    fn observe(&self, core: &mut Core, hlc: Hlc) {
+        let limit = self.max_clock_offset.as_nanos() as u64;
+        if hlc.wall_ns() <= wall_ns().saturating_add(limit) {
+            core.clock.observe(&hlc.inner());
+        } else {
+            self.metrics.hlc_not_observed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why replication could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
+    /// The peer listener could not be bound.
+    #[error("cannot listen for peers on {addr} (listen_peer): {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running node: replica, clock, storage thread, replication.
 pub struct NodeRuntime {
     node_id: NodeId,
     region: String,
@@ -107,6 +171,10 @@ pub struct NodeRuntime {
     durable: watch::Receiver<Durable>,
     storage_thread: Mutex<Option<JoinHandle<()>>>,
     write_slots: Semaphore,
+    replication: Option<ReplicationConfig>,
+    driver: OnceLock<DriverHandle>,
+    faults: Mutex<BTreeMap<String, FaultSpec>>,
+    started: Instant,
 }
 
 impl NodeRuntime {
@@ -118,10 +186,7 @@ impl NodeRuntime {
         for (id, bytes) in recovered.snapshots {
             let doc = Document::load(&bytes).map_err(|err| StorageError::Corrupt {
                 path: store.path().to_path_buf(),
-                what: format!(
-                    "snapshot of document {:?} does not load: {err}",
-                    id.as_str()
-                ),
+                what: format!("snapshot of document {:?} does not load: {err}", id.as_str()),
             })?;
             replica.insert_document(id, doc);
         }
@@ -142,23 +207,16 @@ impl NodeRuntime {
         // The HLC never goes below anything persisted, even if the wall clock stepped back.
         clock.observe(&recovered.hlc_high.inner());
         let local_seq = replica.last_seq();
+        let max_clock_offset = config.replication.as_ref().map_or(Duration::from_millis(500), |r| r.max_clock_offset);
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core {
-                replica,
-                tickets_sent: 0,
-                clock,
-            }),
+            core: Mutex::new(Core { replica, tickets_sent: 0, clock, gossip: None }),
             metrics: NodeMetrics::default(),
+            wake: OnceLock::new(),
+            clock_flags: Mutex::new(BTreeMap::new()),
+            max_clock_offset,
         });
-        shared
-            .metrics
-            .recovery_ms
-            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let (durable_tx, durable_rx) = watch::channel(Durable {
-            ticket: 0,
-            local_seq,
-            failed: None,
-        });
+        shared.metrics.recovery_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let (durable_tx, durable_rx) = watch::channel(Durable { local_seq, failed: None });
         let (storage_tx, storage_rx) = mpsc::channel();
         let worker = StorageWorker {
             store,
@@ -168,16 +226,17 @@ impl NodeRuntime {
             dirty,
             committed_ticket: 0,
             committed_local_seq: local_seq,
+            checkpoint_vv: recovered.checkpoint,
             last_checkpoint: Instant::now(),
             checkpoint_interval: config.checkpoint_interval,
             shutdown_requested: false,
         };
-        let thread = std::thread::Builder::new()
-            .name("meridian-storage".into())
-            .spawn(move || worker.run())
-            .map_err(|err| StorageError::Io {
-                path: config.data_dir.clone(),
-                detail: format!("starting the storage thread: {err}"),
+        let thread =
+            std::thread::Builder::new().name("meridian-storage".into()).spawn(move || worker.run()).map_err(|err| {
+                StorageError::Io {
+                    path: config.data_dir.clone(),
+                    detail: format!("starting the storage thread: {err}"),
+                }
             })?;
         tracing::info!(
             node_id = %recovered.node_id,
@@ -194,6 +253,10 @@ impl NodeRuntime {
             durable: durable_rx,
             storage_thread: Mutex::new(Some(thread)),
             write_slots: Semaphore::new(WRITES_IN_FLIGHT_MAX),
+            replication: config.replication.clone(),
+            driver: OnceLock::new(),
+            faults: Mutex::new(BTreeMap::new()),
+            started,
         })
     }
 
@@ -202,33 +265,88 @@ impl NodeRuntime {
         self.node_id
     }
 
+    /// The bound peer address, once replication runs.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.driver.get().map(|d| d.local_addr)
+    }
+
+    /// Starts replication if the node has certificates: loads them, binds the
+    /// peer listener and starts the driver. Must run inside the tokio runtime.
+    pub fn start_replication(self: &Arc<Self>) -> Result<(), ReplicationError> {
+        let Some(config) = self.replication.clone() else { return Ok(()) };
+        let tls = crate::certs::load(&config.certs, &config.cert_name)?;
+        let mut gossip_config = GossipConfig::new(self.node_id, &self.region, &config.cluster, config.advertise_peer);
+        gossip_config.seeds = config.peers.clone();
+        gossip_config.heartbeat_interval = config.heartbeat;
+        gossip_config.suspect_after = config.heartbeat * 5;
+        gossip_config.down_after = (config.heartbeat * 30).max(Duration::from_secs(1));
+        lock(&self.shared).gossip = Some(Gossip::new(gossip_config, Instant::now()));
+        let link = LinkEmulator::new(self.node_id.0);
+        let host = Arc::new(ReplicationHost { shared: self.shared.clone(), runtime: Arc::downgrade(self) });
+        let handle = driver::spawn(
+            host,
+            DriverConfig {
+                listen: config.listen_peer,
+                server: tls.server,
+                client: tls.client,
+                server_name: crate::certs::SERVER_NAME.to_string(),
+                link,
+            },
+        )
+        .map_err(|source| ReplicationError::Bind { addr: config.listen_peer, source })?;
+        let _ = self.shared.wake.set(handle.wake.clone());
+        tracing::info!(
+            peer_listener = %handle.local_addr,
+            advertise = %config.advertise_peer,
+            seeds = ?config.peers,
+            cluster = %config.cluster,
+            "replicating over QUIC with mutual TLS"
+        );
+        let _ = self.driver.set(handle);
+        for fault in &config.faults {
+            let spec = FaultSpec {
+                peer_region: fault.peer_region.clone(),
+                delay_ms: fault.delay_ms,
+                jitter_ms: fault.jitter_ms,
+                loss: fault.loss,
+                cut: fault.cut,
+                direction: None,
+            };
+            if let Err(err) = self.set_fault_inner(spec) {
+                tracing::warn!(cause = %err, "fault from the config file not applied");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops replication (closes connections and the endpoint).
+    pub async fn stop_replication(&self) {
+        if let Some(driver) = self.driver.get() {
+            driver.shutdown().await;
+        }
+    }
+
     /// Stops the storage thread after committing everything sent to it and
     /// writing a final checkpoint. Blocks until done.
     pub fn shutdown(&self) {
-        if let Some(tx) = self
-            .storage_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(tx) = self.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(StorageMsg::Shutdown);
         }
-        if let Some(thread) = self
-            .storage_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(thread) = self.storage_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();
         }
     }
 
+    fn send_storage(&self, msg: StorageMsg) -> bool {
+        self.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|tx| tx.send(msg).is_ok())
+    }
+
     fn unavailable(&self) -> Option<NodeError> {
-        self.durable.borrow().failed.as_ref().map(|reason| {
-            NodeError::Unavailable(format!(
-                "storage failed, the node cannot accept work: {reason}"
-            ))
-        })
+        self.durable
+            .borrow()
+            .failed
+            .as_ref()
+            .map(|reason| NodeError::Unavailable(format!("storage failed, the node cannot accept work: {reason}")))
     }
 
     /// Waits until local sequence number `seq` is durable.
@@ -240,19 +358,14 @@ impl NodeRuntime {
             .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?
             .clone();
         match state.failed {
-            Some(reason) if state.local_seq < seq => Err(NodeError::Unavailable(format!(
-                "storage failed before the write was durable: {reason}"
-            ))),
+            Some(reason) if state.local_seq < seq => {
+                Err(NodeError::Unavailable(format!("storage failed before the write was durable: {reason}")))
+            }
             _ => Ok(()),
         }
     }
 
-    async fn write_inner(
-        &self,
-        id: DocId,
-        op: WriteOp,
-        if_match: Option<String>,
-    ) -> Result<WriteAck, NodeError> {
+    async fn write_inner(&self, id: DocId, op: WriteOp, if_match: Option<String>) -> Result<WriteAck, NodeError> {
         if let Some(err) = self.unavailable() {
             return Err(err);
         }
@@ -264,31 +377,13 @@ impl NodeRuntime {
         let started = Instant::now();
         let receipt = {
             let mut core = lock(&self.shared);
-            let hlc: Hlc = core
-                .clock
-                .now()
-                .map_err(|err| NodeError::Unavailable(format!("cannot read the clock: {err}")))?
-                .into();
-            let receipt = core
-                .replica
-                .local_write(&id, &op, hlc, if_match.as_deref())?;
+            let hlc: Hlc =
+                core.clock.now().map_err(|err| NodeError::Unavailable(format!("cannot read the clock: {err}")))?.into();
+            let receipt = core.replica.local_write(&id, &op, hlc, if_match.as_deref())?;
             core.tickets_sent += 1;
             let ticket = core.tickets_sent;
             // Sent under the lock, so the storage thread sees records in sequence order.
-            let sent = self
-                .storage_tx
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map(|tx| {
-                    tx.send(StorageMsg::Append {
-                        ticket,
-                        record: receipt.record.clone(),
-                    })
-                    .is_ok()
-                })
-                .unwrap_or(false);
-            if !sent {
+            if !self.send_storage(StorageMsg::Append { ticket, record: receipt.record.clone() }) {
                 return Err(NodeError::Unavailable("the node is shutting down".into()));
             }
             receipt
@@ -326,42 +421,197 @@ impl NodeRuntime {
                     token.entries.insert(origin, seq);
                 }
             }
-            (
-                state.doc.to_json(),
-                state.doc.etag(),
-                state.last_local_seq,
-                token,
-            )
+            (state.doc.to_json(), state.doc.etag(), state.last_local_seq, token)
         };
         // The snapshot may hold local changes not yet durable: answer only once they are.
         self.wait_durable(last_local).await?;
         Ok(json.map(|json| DocRead { json, etag, token }))
     }
+
+    fn set_fault_inner(&self, spec: FaultSpec) -> Result<Json, NodeError> {
+        if self.driver.get().is_none() {
+            return Err(NodeError::Off(
+                "replication is off on this node (no --certs), so there are no peer links to fault".into(),
+            ));
+        }
+        let direction = spec.direction.as_deref().unwrap_or("both");
+        if !matches!(direction, "both" | "outbound" | "inbound") {
+            return Err(NodeError::Invalid(format!("direction {direction:?} must be both, outbound or inbound")));
+        }
+        if spec.peer_region.is_empty() || spec.peer_region.len() > 64 {
+            return Err(NodeError::Invalid("peer_region must name a region, like eu-west".into()));
+        }
+        let link = LinkFault { delay_ms: spec.delay_ms, jitter_ms: spec.jitter_ms, loss: spec.loss, cut: spec.cut };
+        meridian_gossip::link::validate(&link).map_err(NodeError::Invalid)?;
+        {
+            let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+            if link.is_healthy() {
+                faults.remove(&spec.peer_region);
+            } else {
+                faults.insert(spec.peer_region.clone(), spec);
+            }
+        }
+        self.sync_link();
+        self.faults_json()
+    }
+
+    /// Re-applies the faults (kept by region) to the link emulator (kept by
+    /// address), for every member currently known in each region.
+    fn sync_link(&self) {
+        let Some(driver) = self.driver.get() else { return };
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let members = {
+            let core = lock(&self.shared);
+            core.gossip.as_ref().map(|g| g.members(Instant::now())).unwrap_or_default()
+        };
+        let link = &driver.link;
+        let mut wanted_out = BTreeMap::new();
+        let mut wanted_in = Vec::new();
+        for member in &members {
+            let Some(spec) = faults.get(&member.info.region) else { continue };
+            let direction = spec.direction.as_deref().unwrap_or("both");
+            let outbound_cut = spec.cut && direction != "inbound";
+            let fault =
+                LinkFault { delay_ms: spec.delay_ms, jitter_ms: spec.jitter_ms, loss: spec.loss, cut: outbound_cut };
+            if !fault.is_healthy() {
+                wanted_out.insert(member.info.addr, fault);
+            }
+            if spec.cut && direction != "outbound" {
+                wanted_in.push(member.info.addr);
+            }
+        }
+        let current_out: BTreeMap<_, _> = link.outbound().into_iter().collect();
+        let current_in = link.inbound_cuts();
+        if current_out != wanted_out || current_in != wanted_in {
+            link.clear();
+            for (addr, fault) in wanted_out {
+                link.set_outbound(addr, fault);
+            }
+            for addr in wanted_in {
+                link.set_inbound_cut(addr, true);
+            }
+        }
+    }
+
+    fn faults_json(&self) -> Result<Json, NodeError> {
+        let Some(driver) = self.driver.get() else {
+            return Err(NodeError::Off("replication is off on this node (no --certs)".into()));
+        };
+        let faults: Vec<FaultSpec> = self.faults.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let stats = driver.link.stats();
+        Ok(json!({
+            "faults": faults,
+            "links": driver.link.outbound().iter().map(|(addr, f)| json!({
+                "peer_addr": addr.to_string(), "delay_ms": f.delay_ms, "jitter_ms": f.jitter_ms, "loss": f.loss, "cut": f.cut,
+            })).collect::<Vec<_>>(),
+            "inbound_cuts": driver.link.inbound_cuts().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "packets": {
+                "dropped_cut": stats.dropped_cut, "dropped_loss": stats.dropped_loss, "delayed": stats.delayed,
+                "dropped_inbound_cut": stats.dropped_inbound_cut,
+            },
+        }))
+    }
+
+    fn cluster_json(&self) -> Json {
+        let now = Instant::now();
+        let core = lock(&self.shared);
+        let hlc = core.clock.clone().now().map(Hlc::from).ok();
+        let replica = &core.replica;
+        let digest = hex(&replica.digest());
+        let vv = replica.version_vector().clone();
+        let members = core.gossip.as_ref().map(|g| g.members(now)).unwrap_or_default();
+        let counters = core.gossip.as_ref().map(|g| g.counters().clone()).unwrap_or_default();
+        let refusals: Vec<Json> = core
+            .gossip
+            .as_ref()
+            .map(|g| {
+                g.refusals()
+                    .map(|r| {
+                        json!({
+                            "node": r.node.map(|n| n.to_string()),
+                            "claimed": r.claimed,
+                            "reason": r.reason,
+                            "seconds_ago": now.duration_since(r.at).as_secs_f64(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let log_entries = replica.log().len();
+        let documents = replica.live_count();
+        drop(core);
+        let paths =
+            self.driver.get().map(|d| d.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
+        let flags = self.shared.clock_flags.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let handshakes_refused = self.driver.get().map_or(0, |d| d.stats.handshakes_refused.load(Ordering::Relaxed));
+        let members_json: Vec<Json> = members
+            .iter()
+            .map(|m| {
+                let path = paths.get(&m.info.addr);
+                json!({
+                    "id": m.info.node.to_string(),
+                    "region": m.info.region,
+                    "peer_addr": m.info.addr.to_string(),
+                    "state": m.state.as_str(),
+                    "connected": m.connected,
+                    "rtt_ms": path.map(|p| p.rtt.as_secs_f64() * 1000.0),
+                    "clock_offset_ms": m.offset_ms,
+                    "clock_offset_exceeded": flags.contains_key(&m.info.node),
+                    "hlc": m.hlc.map(|h| h.to_string()),
+                    "version_vector": m.vv,
+                    "last_heartbeat_ms_ago": m.last_heard_ago.map(|d| d.as_millis() as u64),
+                    "bytes_sent": m.stats.bytes_sent,
+                    "bytes_received": m.stats.bytes_received,
+                    "udp_bytes_sent": path.map(|p| p.udp_bytes_sent),
+                    "udp_bytes_received": path.map(|p| p.udp_bytes_received),
+                    "changes_sent": m.stats.changes_sent,
+                    "changes_received": m.stats.changes_received,
+                    "queue_bytes": m.queue_bytes,
+                    "queue_drops": m.stats.queue_drops,
+                    "state_transfers_sent": m.stats.transfers_sent,
+                    "last_dial_error": m.last_dial_error,
+                })
+            })
+            .collect();
+        json!({
+            "node": {
+                "id": self.node_id.to_string(),
+                "region": self.region,
+                "hlc": hlc.map(|h| h.to_string()),
+                "version_vector": vv,
+                "digest": digest,
+                "documents": documents,
+                "log_entries": log_entries,
+                "replication": self.driver.get().is_some(),
+                "peer_listener": self.peer_addr().map(|a| a.to_string()),
+                "uptime_seconds": self.started.elapsed().as_secs(),
+            },
+            "members": members_json,
+            "refused": refusals,
+            "counters": {
+                "frames_refused": counters.frames_refused,
+                "peers_refused": counters.peers_refused,
+                "handshakes_refused": handshakes_refused,
+                "dial_failures": counters.dial_failures,
+            },
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Node for NodeRuntime {
-    fn write(
-        &self,
-        id: DocId,
-        op: WriteOp,
-        if_match: Option<String>,
-    ) -> impl std::future::Future<Output = Result<WriteAck, NodeError>> + Send {
-        self.write_inner(id, op, if_match)
+    async fn write(&self, id: DocId, op: WriteOp, if_match: Option<String>) -> Result<WriteAck, NodeError> {
+        self.write_inner(id, op, if_match).await
     }
 
-    fn read(
-        &self,
-        id: DocId,
-    ) -> impl std::future::Future<Output = Result<Option<DocRead>, NodeError>> + Send {
-        self.read_inner(id)
+    async fn read(&self, id: DocId) -> Result<Option<DocRead>, NodeError> {
+        self.read_inner(id).await
     }
 
-    fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DocId>, NodeError> {
+    fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<DocId>, NodeError> {
         if let Some(err) = self.unavailable() {
             return Err(err);
         }
@@ -373,133 +623,270 @@ impl Node for NodeRuntime {
     }
 
     fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let (documents, log_entries, log_bytes, last_seq) = {
-            let core = lock(&self.shared);
-            (
-                core.replica.live_count(),
-                core.replica.log().len(),
-                core.replica.log().change_bytes(),
-                core.replica.last_seq(),
-            )
-        };
-        let durable = self.durable.borrow().clone();
-        let m = &self.shared.metrics;
-        let region = meridian_web::metrics::escape_label(&self.region);
-        header(
-            out,
-            "meridian_node_info",
-            "gauge",
-            "Constant 1, labelled with this node's id and region.",
-        );
+        render_metrics(self, out);
+    }
+
+    fn cluster(&self) -> Result<Json, NodeError> {
+        Ok(self.cluster_json())
+    }
+
+    fn faults(&self) -> Result<Json, NodeError> {
+        self.faults_json()
+    }
+
+    fn set_fault(&self, spec: FaultSpec) -> Result<Json, NodeError> {
+        self.set_fault_inner(spec)
+    }
+
+    fn clear_faults(&self) -> Result<Json, NodeError> {
+        if self.driver.get().is_none() {
+            return Err(NodeError::Off("replication is off on this node (no --certs)".into()));
+        }
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.sync_link();
+        self.faults_json()
+    }
+}
+
+fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
+    use std::fmt::Write as _;
+    let now = Instant::now();
+    let (documents, log_entries, log_bytes, last_seq, members, counters) = {
+        let core = lock(&runtime.shared);
+        (
+            core.replica.live_count(),
+            core.replica.log().len(),
+            core.replica.log().change_bytes(),
+            core.replica.last_seq(),
+            core.gossip.as_ref().map(|g| g.members(now)).unwrap_or_default(),
+            core.gossip.as_ref().map(|g| g.counters().clone()).unwrap_or_default(),
+        )
+    };
+    let durable = runtime.durable.borrow().clone();
+    let m = &runtime.shared.metrics;
+    let region = escape_label(&runtime.region);
+    let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    };
+    let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    };
+    header(out, "meridian_node_info", "gauge", "Constant 1, labelled with this node's id and region.");
+    let _ = writeln!(out, "meridian_node_info{{node_id=\"{}\",region=\"{region}\"}} 1", runtime.node_id);
+    gauge(out, "meridian_documents", "Documents that currently exist on this node.", documents as u64);
+    gauge(out, "meridian_log_entries", "Change records held in the log.", log_entries as u64);
+    gauge(out, "meridian_log_bytes", "Automerge change bytes held in the log.", log_bytes as u64);
+    gauge(out, "meridian_local_sequence", "Last sequence number given to a local write.", last_seq);
+    gauge(out, "meridian_durable_sequence", "Last local sequence number known durable.", durable.local_seq);
+    gauge(
+        out,
+        "meridian_storage_failed",
+        "1 if storage failed and the node refuses work.",
+        u64::from(durable.failed.is_some()),
+    );
+    counter(
+        out,
+        "meridian_storage_commits_total",
+        "Durable storage commits (each one fsync).",
+        m.storage_commits.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "meridian_storage_records_total",
+        "Change records committed to storage.",
+        m.storage_records.load(Ordering::Relaxed),
+    );
+    gauge(
+        out,
+        "meridian_recovery_milliseconds",
+        "Time the last start spent recovering from storage.",
+        m.recovery_ms.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "meridian_remote_changes_applied_total",
+        "Remote change records persisted and applied.",
+        m.remote_applied.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "meridian_remote_changes_duplicate_total",
+        "Remote change records already held when they arrived.",
+        m.remote_duplicates.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "meridian_remote_changes_dropped_total",
+        "Remote records dropped because too many were waiting for disk (resent by anti-entropy).",
+        m.remote_dropped.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "meridian_state_transfer_chunks_total",
+        "State-transfer chunks installed.",
+        m.snapshots_installed.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "meridian_hlc_not_observed_total",
+        "Peer timestamps not observed because they ran ahead by more than the maximum clock offset.",
+        m.hlc_not_observed.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "meridian_peer_frames_refused_total",
+        "Peer frames refused as malformed, truncated, oversized or out of order.",
+        counters.frames_refused,
+    );
+    counter(
+        out,
+        "meridian_peer_hellos_refused_total",
+        "Peers refused at hello (other cluster, other protocol version, own id).",
+        counters.peers_refused,
+    );
+    counter(
+        out,
+        "meridian_peer_handshakes_refused_total",
+        "Peer connections refused during the TLS handshake (e.g. a certificate from another CA).",
+        runtime.driver.get().map_or(0, |d| d.stats.handshakes_refused.load(Ordering::Relaxed)),
+    );
+    let paths =
+        runtime.driver.get().map(|d| d.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
+    let flags = runtime.shared.clock_flags.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let per_peer: [(&str, &str, &str, fn(&meridian_gossip::MemberStatus) -> f64); 7] = [
+        ("meridian_peer_bytes_sent_total", "counter", "Frame bytes sent to the peer.", |m| m.stats.bytes_sent as f64),
+        ("meridian_peer_bytes_received_total", "counter", "Frame bytes received from the peer.", |m| {
+            m.stats.bytes_received as f64
+        }),
+        ("meridian_peer_changes_sent_total", "counter", "Change records sent to the peer.", |m| {
+            m.stats.changes_sent as f64
+        }),
+        ("meridian_peer_changes_received_total", "counter", "Change records received from the peer.", |m| {
+            m.stats.changes_received as f64
+        }),
+        ("meridian_peer_queue_bytes", "gauge", "Live change bytes queued for the peer.", |m| m.queue_bytes as f64),
+        ("meridian_peer_clock_offset_seconds", "gauge", "Peer clock minus ours, from heartbeats.", |m| {
+            m.offset_ms as f64 / 1000.0
+        }),
+        ("meridian_peer_up", "gauge", "1 if the peer is alive (heard from recently).", |m| {
+            f64::from(u8::from(m.state == meridian_gossip::PeerState::Alive))
+        }),
+    ];
+    for (name, kind, help, value) in per_peer {
+        header(out, name, kind, help);
+        for member in &members {
+            let _ = writeln!(
+                out,
+                "{name}{{peer_region=\"{}\",peer=\"{}\"}} {}",
+                escape_label(&member.info.region),
+                member.info.node,
+                value(member)
+            );
+        }
+    }
+    header(out, "meridian_peer_rtt_seconds", "gauge", "QUIC smoothed round-trip time to the peer.");
+    for member in &members {
+        if let Some(path) = paths.get(&member.info.addr) {
+            let _ = writeln!(
+                out,
+                "meridian_peer_rtt_seconds{{peer_region=\"{}\",peer=\"{}\"}} {}",
+                escape_label(&member.info.region),
+                member.info.node,
+                path.rtt.as_secs_f64()
+            );
+        }
+    }
+    header(
+        out,
+        "meridian_peer_clock_offset_exceeded",
+        "gauge",
+        "1 if the peer's clock runs ahead by more than the maximum offset.",
+    );
+    for member in &members {
         let _ = writeln!(
             out,
-            "meridian_node_info{{node_id=\"{}\",region=\"{region}\"}} 1",
-            self.node_id
+            "meridian_peer_clock_offset_exceeded{{peer_region=\"{}\",peer=\"{}\"}} {}",
+            escape_label(&member.info.region),
+            member.info.node,
+            u8::from(flags.contains_key(&member.info.node))
         );
-        header(
-            out,
-            "meridian_documents",
-            "gauge",
-            "Documents that currently exist on this node.",
-        );
-        let _ = writeln!(out, "meridian_documents {documents}");
-        header(
-            out,
-            "meridian_log_entries",
-            "gauge",
-            "Change records held in the log.",
-        );
-        let _ = writeln!(out, "meridian_log_entries {log_entries}");
-        header(
-            out,
-            "meridian_log_bytes",
-            "gauge",
-            "Automerge change bytes held in the log.",
-        );
-        let _ = writeln!(out, "meridian_log_bytes {log_bytes}");
-        header(
-            out,
-            "meridian_local_sequence",
-            "gauge",
-            "Last sequence number given to a local write.",
-        );
-        let _ = writeln!(out, "meridian_local_sequence {last_seq}");
-        header(
-            out,
-            "meridian_durable_sequence",
-            "gauge",
-            "Last local sequence number known durable.",
-        );
-        let _ = writeln!(out, "meridian_durable_sequence {}", durable.local_seq);
-        header(
-            out,
-            "meridian_storage_failed",
-            "gauge",
-            "1 if storage failed and the node refuses work.",
-        );
-        let _ = writeln!(
-            out,
-            "meridian_storage_failed {}",
-            u8::from(durable.failed.is_some())
-        );
-        header(
-            out,
-            "meridian_storage_commits_total",
-            "counter",
-            "Durable storage commits (each one fsync).",
-        );
-        let _ = writeln!(
-            out,
-            "meridian_storage_commits_total {}",
-            m.storage_commits.load(Ordering::Relaxed)
-        );
-        header(
-            out,
-            "meridian_storage_records_total",
-            "counter",
-            "Change records committed to storage.",
-        );
-        let _ = writeln!(
-            out,
-            "meridian_storage_records_total {}",
-            m.storage_records.load(Ordering::Relaxed)
-        );
-        header(
-            out,
-            "meridian_recovery_milliseconds",
-            "gauge",
-            "Time the last start spent recovering from storage.",
-        );
-        let _ = writeln!(
-            out,
-            "meridian_recovery_milliseconds {}",
-            m.recovery_ms.load(Ordering::Relaxed)
-        );
-        header(
-            out,
-            "meridian_write_duration_seconds",
-            "histogram",
-            "Local write latency, from apply to durable.",
-        );
-        m.write_latency
-            .render(out, "meridian_write_duration_seconds", "");
-        header(
-            out,
-            "meridian_fsync_duration_seconds",
-            "histogram",
-            "Storage commit (fsync) latency.",
-        );
-        m.fsync_latency
-            .render(out, "meridian_fsync_duration_seconds", "");
-        header(
-            out,
-            "meridian_checkpoint_duration_seconds",
-            "histogram",
-            "Time to snapshot dirty documents and commit a checkpoint.",
-        );
-        m.checkpoint_latency
-            .render(out, "meridian_checkpoint_duration_seconds", "");
+    }
+    header(out, "meridian_write_duration_seconds", "histogram", "Local write latency, from apply to durable.");
+    m.write_latency.render(out, "meridian_write_duration_seconds", "");
+    header(out, "meridian_fsync_duration_seconds", "histogram", "Storage commit (fsync) latency.");
+    m.fsync_latency.render(out, "meridian_fsync_duration_seconds", "");
+    header(
+        out,
+        "meridian_checkpoint_duration_seconds",
+        "histogram",
+        "Time to snapshot dirty documents and commit a checkpoint.",
+    );
+    m.checkpoint_latency.render(out, "meridian_checkpoint_duration_seconds", "");
+}
+
+/// The node as the replication driver sees it.
+struct ReplicationHost {
+    shared: Arc<Shared>,
+    runtime: std::sync::Weak<NodeRuntime>,
+}
+
+impl Host for ReplicationHost {
+    fn with_core<R>(&self, f: impl FnOnce(&mut Gossip, &Replica, Clocks) -> R) -> R {
+        let mut guard = lock(&self.shared);
+        let core = &mut *guard;
+        let hlc = core.clock.now().map(Hlc::from).unwrap_or_else(|_| Hlc::new(wall_ns(), 0));
+        let clocks = Clocks { now: Instant::now(), wall_ns: wall_ns(), hlc };
+        let gossip = core.gossip.as_mut().expect("the driver runs only with a gossip core");
+        f(gossip, &core.replica, clocks)
+    }
+
+    fn handle_event(&self, event: Event) {
+        let Some(runtime) = self.runtime.upgrade() else { return };
+        match event {
+            Event::Records { records, .. } => {
+                let metrics = &self.shared.metrics;
+                let fresh: Vec<ChangeRecord> = {
+                    let core = lock(&self.shared);
+                    let vv = core.replica.version_vector();
+                    records.into_iter().filter(|r| !vv.contains(r.meta.origin, r.meta.seq)).collect()
+                };
+                if fresh.is_empty() {
+                    return;
+                }
+                let count = fresh.len() as u64;
+                if metrics.remote_in_flight.load(Ordering::Relaxed) + count > REMOTE_RECORDS_IN_FLIGHT_MAX {
+                    metrics.remote_dropped.fetch_add(count, Ordering::Relaxed);
+                    return;
+                }
+                metrics.remote_in_flight.fetch_add(count, Ordering::Relaxed);
+                runtime.send_storage(StorageMsg::Remote(fresh));
+            }
+            Event::Snapshot { docs, covers, .. } => {
+                runtime.send_storage(StorageMsg::Snapshot { docs, covers });
+            }
+            Event::PeerClock { node, hlc, offset_ms } => {
+                let limit = self.shared.max_clock_offset.as_millis() as i64;
+                let mut flags = self.shared.clock_flags.lock().unwrap_or_else(|e| e.into_inner());
+                if offset_ms > limit {
+                    if flags.insert(node, offset_ms).is_none() {
+                        tracing::warn!(peer = %node, offset_ms, limit_ms = limit, "peer clock runs ahead beyond the maximum offset; its changes are applied but it cannot move our clock");
+                    }
+                } else {
+                    if flags.remove(&node).is_some() {
+                        tracing::info!(peer = %node, offset_ms, "peer clock back within the maximum offset");
+                    }
+                    drop(flags);
+                    let mut core = lock(&self.shared);
+                    self.shared.observe(&mut core, hlc);
+                }
+                if !runtime.faults.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                    runtime.sync_link();
+                }
+            }
+            Event::Close { .. } => {}
+        }
     }
 }
 
@@ -512,18 +899,26 @@ struct StorageWorker {
     dirty: HashSet<DocId>,
     committed_ticket: u64,
     committed_local_seq: u64,
+    /// The vector the snapshots on disk cover.
+    checkpoint_vv: VersionVector,
     last_checkpoint: Instant,
     checkpoint_interval: Duration,
     shutdown_requested: bool,
 }
 
+/// What one pass of the storage loop received.
+#[derive(Default)]
+struct Received {
+    local: Vec<ChangeRecord>,
+    remote: Vec<ChangeRecord>,
+    snapshots: Vec<(Vec<(DocId, Vec<u8>)>, Option<VersionVector>)>,
+}
+
 impl StorageWorker {
     fn run(mut self) {
         loop {
-            let wait = self
-                .checkpoint_interval
-                .saturating_sub(self.last_checkpoint.elapsed())
-                .max(Duration::from_millis(1));
+            let wait =
+                self.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed()).max(Duration::from_millis(1));
             let first = match self.rx.recv_timeout(wait) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -532,38 +927,21 @@ impl StorageWorker {
                     None
                 }
             };
-            let mut records = Vec::new();
+            let mut received = Received::default();
             let mut bytes = 0;
             let mut next = first;
             while let Some(msg) = next.take() {
-                match msg {
-                    StorageMsg::Append { ticket, record } => {
-                        bytes += record.change_bytes();
-                        self.note(ticket, &record);
-                        records.push(record);
-                    }
-                    StorageMsg::Shutdown => self.shutdown_requested = true,
-                }
-                if records.len() < BATCH_RECORDS_MAX
-                    && bytes < BATCH_BYTES_MAX
-                    && !self.shutdown_requested
-                {
+                bytes += self.take(msg, &mut received);
+                let count = received.local.len() + received.remote.len();
+                if count < BATCH_RECORDS_MAX && bytes < BATCH_BYTES_MAX && !self.shutdown_requested {
                     next = self.rx.try_recv().ok();
                 }
             }
-            if !records.is_empty()
-                && self
-                    .commit(Batch {
-                        records,
-                        ..Batch::default()
-                    })
-                    .is_err()
-            {
+            if self.commit_received(received).is_err() {
                 return;
             }
             let due = !self.dirty.is_empty()
-                && (self.last_checkpoint.elapsed() >= self.checkpoint_interval
-                    || self.dirty.len() >= DIRTY_DOCS_MAX);
+                && (self.last_checkpoint.elapsed() >= self.checkpoint_interval || self.dirty.len() >= DIRTY_DOCS_MAX);
             if (due || self.shutdown_requested) && self.checkpoint().is_err() {
                 return;
             }
@@ -573,10 +951,112 @@ impl StorageWorker {
         }
     }
 
-    /// Books a record received from the channel.
-    fn note(&mut self, ticket: u64, record: &ChangeRecord) {
-        self.dirty.insert(record.doc.clone());
-        self.committed_ticket = self.committed_ticket.max(ticket);
+    /// Sorts one message into `received`; returns its change bytes.
+    fn take(&mut self, msg: StorageMsg, received: &mut Received) -> usize {
+        match msg {
+            StorageMsg::Append { ticket, record } => {
+                self.committed_ticket = self.committed_ticket.max(ticket);
+                self.dirty.insert(record.doc.clone());
+                let bytes = record.change_bytes();
+                received.local.push(record);
+                bytes
+            }
+            StorageMsg::Remote(records) => {
+                let bytes = records.iter().map(ChangeRecord::change_bytes).sum();
+                for record in &records {
+                    self.dirty.insert(record.doc.clone());
+                }
+                received.remote.extend(records);
+                bytes
+            }
+            StorageMsg::Snapshot { docs, covers } => {
+                let bytes = docs.iter().map(|(_, d)| d.len()).sum();
+                received.snapshots.push((docs, covers));
+                bytes
+            }
+            StorageMsg::Shutdown => {
+                self.shutdown_requested = true;
+                0
+            }
+        }
+    }
+
+    /// Commits what one pass received, then makes it visible: local records
+    /// to the gossip core, remote records and snapshots to the replica.
+    fn commit_received(&mut self, received: Received) -> Result<(), ()> {
+        let Received { local, remote, snapshots } = received;
+        if !local.is_empty() || !remote.is_empty() {
+            let mut records = local.clone();
+            records.extend(remote.iter().cloned());
+            self.commit(Batch { records, ..Batch::default() })?;
+            let remote_count = remote.len() as u64;
+            let now = Instant::now();
+            let mut core = lock(&self.shared);
+            if !remote.is_empty() {
+                for record in &remote {
+                    self.shared.observe(&mut core, record.meta.hlc);
+                }
+                let outcome = core.replica.apply_records(remote);
+                let metrics = &self.shared.metrics;
+                metrics.remote_applied.fetch_add(outcome.applied as u64, Ordering::Relaxed);
+                metrics.remote_duplicates.fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
+                metrics.remote_in_flight.fetch_sub(remote_count, Ordering::Relaxed);
+                for (origin, seq, reason) in outcome.rejected {
+                    tracing::warn!(%origin, seq, reason = %reason, "remote change refused");
+                }
+            }
+            if let Some(gossip) = core.gossip.as_mut() {
+                if !local.is_empty() {
+                    gossip.handle_local_records(now, &local);
+                }
+            }
+            drop(core);
+            if let Some(wake) = self.shared.wake.get() {
+                wake.notify_one();
+            }
+        }
+        for (docs, covers) in snapshots {
+            self.install_snapshot(docs, covers)?;
+        }
+        Ok(())
+    }
+
+    /// Merges a state-transfer chunk into the replica and persists the merged
+    /// documents; on the last chunk, records (durably, then in memory) that
+    /// the snapshots now cover the sender's vector.
+    fn install_snapshot(&mut self, docs: Vec<(DocId, Vec<u8>)>, covers: Option<VersionVector>) -> Result<(), ()> {
+        let mut saved = Vec::with_capacity(docs.len());
+        for (id, bytes) in docs {
+            let doc = match Document::load(&bytes) {
+                Ok(doc) => doc,
+                Err(err) => {
+                    tracing::warn!(doc = %id, cause = %err, "state-transfer document does not load; skipped");
+                    continue;
+                }
+            };
+            let mut core = lock(&self.shared);
+            if let Err(err) = core.replica.merge_document(id.clone(), doc) {
+                tracing::warn!(doc = %id, cause = %err, "state-transfer document does not merge; skipped");
+                continue;
+            }
+            if let Some(state) = core.replica.document(&id) {
+                saved.push((id, state.doc.save()));
+            }
+        }
+        let mut checkpoint = None;
+        if let Some(covers) = &covers {
+            let mut vv = self.checkpoint_vv.clone();
+            vv.merge(covers);
+            checkpoint = Some(vv);
+        }
+        self.commit(Batch { snapshots: saved, checkpoint: checkpoint.clone(), ..Batch::default() })?;
+        self.shared.metrics.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        if let (Some(covers), Some(checkpoint)) = (covers, checkpoint) {
+            self.checkpoint_vv = checkpoint;
+            lock(&self.shared).replica.restore_version_vector(&covers);
+            tracing::info!("state transfer installed");
+        }
+        Ok(())
     }
 
     /// Commits a batch and publishes what became durable; on failure marks
@@ -584,12 +1064,7 @@ impl StorageWorker {
     fn commit(&mut self, batch: Batch) -> Result<(), ()> {
         let started = Instant::now();
         let node = lock(&self.shared).replica.node();
-        let local_max = batch
-            .records
-            .iter()
-            .filter(|r| r.meta.origin == node)
-            .map(|r| r.meta.seq)
-            .max();
+        let local_max = batch.records.iter().filter(|r| r.meta.origin == node).map(|r| r.meta.seq).max();
         let count = batch.records.len() as u64;
         match self.store.commit(&batch) {
             Ok(()) => {
@@ -600,11 +1075,8 @@ impl StorageWorker {
                 if let Some(seq) = local_max {
                     self.committed_local_seq = self.committed_local_seq.max(seq);
                 }
-                let (ticket, local_seq) = (self.committed_ticket, self.committed_local_seq);
-                self.durable.send_modify(|d| {
-                    d.ticket = ticket;
-                    d.local_seq = local_seq;
-                });
+                let local_seq = self.committed_local_seq;
+                self.durable.send_modify(|d| d.local_seq = local_seq);
                 Ok(())
             }
             Err(err) => {
@@ -616,15 +1088,13 @@ impl StorageWorker {
         }
     }
 
-    /// Receives (without committing) every record up to `ticket`.
-    fn drain_until(&mut self, ticket: u64, into: &mut Vec<ChangeRecord>) {
+    /// Receives every local record up to `ticket` (and whatever else arrives meanwhile).
+    fn drain_until(&mut self, ticket: u64, received: &mut Received) {
         while self.committed_ticket < ticket {
             match self.rx.recv() {
-                Ok(StorageMsg::Append { ticket, record }) => {
-                    self.note(ticket, &record);
-                    into.push(record);
+                Ok(msg) => {
+                    self.take(msg, received);
                 }
-                Ok(StorageMsg::Shutdown) => self.shutdown_requested = true,
                 Err(_) => return,
             }
         }
@@ -632,26 +1102,25 @@ impl StorageWorker {
 
     /// Snapshots every dirty document and records what the snapshots cover.
     ///
-    /// 1. Read the vector `V` and ticket `T` under the lock, then receive every
-    ///    record up to `T`: now every change in `V` has its document marked dirty.
+    /// 1. Read the vector `V` and ticket `T` under the lock, then receive and
+    ///    commit every local record up to `T`: every change in `V` now has its
+    ///    document marked dirty (remote changes are in `V` only once applied,
+    ///    which marks them dirty first).
     /// 2. Snapshot the dirty documents (each holds at least its changes in `V`).
-    /// 3. Read the ticket again and receive records up to it: any change inside a
-    ///    snapshot is then in this commit's log records too, so a snapshot never
-    ///    holds a change whose sequence number a crash could reuse.
-    /// 4. Commit records, snapshots and checkpoint `V` atomically; drop from the
-    ///    log what `V` covers (single node: no peer needs the log).
+    /// 3. Read the ticket again and receive local records up to it: any local
+    ///    change inside a snapshot is then in this commit's log records too, so
+    ///    a snapshot never holds a change whose sequence number a crash could reuse.
+    /// 4. Commit records, snapshots and checkpoint `V` atomically; drop from
+    ///    the log what `V` covers and every member holds.
     fn checkpoint(&mut self) -> Result<(), ()> {
         let started = Instant::now();
-        let (covered, ticket_before, node) = {
+        let (covered, ticket_before) = {
             let core = lock(&self.shared);
-            (
-                core.replica.version_vector().clone(),
-                core.tickets_sent,
-                core.replica.node(),
-            )
+            (core.replica.version_vector().clone(), core.tickets_sent)
         };
-        let mut records = Vec::new();
-        self.drain_until(ticket_before, &mut records);
+        let mut received = Received::default();
+        self.drain_until(ticket_before, &mut received);
+        self.commit_received(std::mem::take(&mut received))?;
         let ids: Vec<DocId> = self.dirty.drain().collect();
         let mut snapshots = Vec::with_capacity(ids.len());
         for id in ids {
@@ -662,30 +1131,68 @@ impl StorageWorker {
             }
         }
         let ticket_after = lock(&self.shared).tickets_sent;
-        self.drain_until(ticket_after, &mut records);
-        let truncate_upto = covered.contiguous(node);
-        let batch = Batch {
-            records,
-            snapshots,
-            checkpoint: Some(covered),
-            truncate: vec![(node, truncate_upto)],
+        self.drain_until(ticket_after, &mut received);
+        let truncate: Vec<(NodeId, u64)> = {
+            let core = lock(&self.shared);
+            match &core.gossip {
+                // Replicating: only what every member holds may go.
+                Some(gossip) => gossip
+                    .truncation_point(&core.replica)
+                    .into_iter()
+                    .map(|(origin, upto)| (origin, upto.min(covered.contiguous(origin))))
+                    .collect(),
+                // Alone: nobody else needs the log.
+                None => covered.origins().map(|origin| (origin, covered.contiguous(origin))).collect(),
+            }
         };
+        let records: Vec<ChangeRecord> = received.local.iter().chain(received.remote.iter()).cloned().collect();
+        let batch = Batch { records, snapshots, checkpoint: Some(covered.clone()), truncate: truncate.clone() };
         let snapshot_count = batch.snapshots.len();
         self.commit(batch)?;
-        lock(&self.shared)
-            .replica
-            .log_mut()
-            .truncate(node, truncate_upto);
+        self.checkpoint_vv = covered;
+        {
+            let mut core = lock(&self.shared);
+            for &(origin, upto) in &truncate {
+                core.replica.log_mut().truncate(origin, upto);
+            }
+        }
+        // The records received in step 3 are committed; make them visible too.
+        let Received { local, remote, snapshots: transfers } = received;
+        self.publish(local, remote)?;
+        for (docs, covers) in transfers {
+            self.install_snapshot(docs, covers)?;
+        }
         self.last_checkpoint = Instant::now();
-        self.shared
-            .metrics
-            .checkpoint_latency
-            .observe(started.elapsed());
-        tracing::debug!(
-            snapshots = snapshot_count,
-            truncated_upto = truncate_upto,
-            "checkpoint"
-        );
+        self.shared.metrics.checkpoint_latency.observe(started.elapsed());
+        tracing::debug!(snapshots = snapshot_count, "checkpoint");
+        Ok(())
+    }
+
+    /// Makes already-committed records visible (gossip push, remote apply).
+    fn publish(&mut self, local: Vec<ChangeRecord>, remote: Vec<ChangeRecord>) -> Result<(), ()> {
+        if local.is_empty() && remote.is_empty() {
+            return Ok(());
+        }
+        let remote_count = remote.len() as u64;
+        let now = Instant::now();
+        let mut core = lock(&self.shared);
+        if !remote.is_empty() {
+            for record in &remote {
+                self.shared.observe(&mut core, record.meta.hlc);
+            }
+            let outcome = core.replica.apply_records(remote);
+            self.shared.metrics.remote_applied.fetch_add(outcome.applied as u64, Ordering::Relaxed);
+            self.shared.metrics.remote_in_flight.fetch_sub(remote_count, Ordering::Relaxed);
+        }
+        if let Some(gossip) = core.gossip.as_mut() {
+            if !local.is_empty() {
+                gossip.handle_local_records(now, &local);
+            }
+        }
+        drop(core);
+        if let Some(wake) = self.shared.wake.get() {
+            wake.notify_one();
+        }
         Ok(())
     }
 }
@@ -716,20 +1223,13 @@ impl NodeHandle {
 
     fn get(&self) -> Result<&Arc<NodeRuntime>, NodeError> {
         self.runtime.get().ok_or_else(|| {
-            NodeError::Unavailable(
-                "the node is starting: recovery from storage is still running".into(),
-            )
+            NodeError::Unavailable("the node is starting: recovery from storage is still running".into())
         })
     }
 }
 
 impl Node for NodeHandle {
-    async fn write(
-        &self,
-        id: DocId,
-        op: WriteOp,
-        if_match: Option<String>,
-    ) -> Result<WriteAck, NodeError> {
+    async fn write(&self, id: DocId, op: WriteOp, if_match: Option<String>) -> Result<WriteAck, NodeError> {
         self.get()?.write_inner(id, op, if_match).await
     }
 
@@ -737,12 +1237,7 @@ impl Node for NodeHandle {
         self.get()?.read_inner(id).await
     }
 
-    fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DocId>, NodeError> {
+    fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<DocId>, NodeError> {
         self.get()?.list(prefix, after, limit)
     }
 
@@ -754,5 +1249,21 @@ impl Node for NodeHandle {
         if let Some(runtime) = self.runtime.get() {
             runtime.render_metrics(out);
         }
+    }
+
+    fn cluster(&self) -> Result<Json, NodeError> {
+        self.get()?.cluster()
+    }
+
+    fn faults(&self) -> Result<Json, NodeError> {
+        self.get()?.faults()
+    }
+
+    fn set_fault(&self, spec: FaultSpec) -> Result<Json, NodeError> {
+        self.get()?.set_fault(spec)
+    }
+
+    fn clear_faults(&self) -> Result<Json, NodeError> {
+        self.get()?.clear_faults()
     }
 }

@@ -118,15 +118,8 @@ fn seal(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn unseal<'a>(
-    path: &Path,
-    what: &dyn Fn() -> String,
-    bytes: &'a [u8],
-) -> Result<&'a [u8], StorageError> {
-    let corrupt = |how: &str| StorageError::Corrupt {
-        path: path.to_path_buf(),
-        what: format!("{} {how}", what()),
-    };
+fn unseal<'a>(path: &Path, what: &dyn Fn() -> String, bytes: &'a [u8]) -> Result<&'a [u8], StorageError> {
+    let corrupt = |how: &str| StorageError::Corrupt { path: path.to_path_buf(), what: format!("{} {how}", what()) };
     if bytes.len() < 4 {
         return Err(corrupt("is truncated"));
     }
@@ -166,10 +159,7 @@ fn decode_vv(mut bytes: &[u8]) -> Option<VersionVector> {
 impl Store {
     /// Opens (or creates) the store in `dir` and reads everything recovery needs.
     pub fn open(dir: &Path, region: &str) -> Result<(Store, Recovered), StorageError> {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::Dir { path: dir.to_path_buf(), source })?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|err| StorageError::Open {
             path: path.clone(),
@@ -181,17 +171,11 @@ impl Store {
     }
 
     fn io(&self, err: impl std::fmt::Display) -> StorageError {
-        StorageError::Io {
-            path: self.path.clone(),
-            detail: err.to_string(),
-        }
+        StorageError::Io { path: self.path.clone(), detail: err.to_string() }
     }
 
     fn corrupt(&self, what: String) -> StorageError {
-        StorageError::Corrupt {
-            path: self.path.clone(),
-            what,
-        }
+        StorageError::Corrupt { path: self.path.clone(), what }
     }
 
     fn recover(&self, region: &str) -> Result<Recovered, StorageError> {
@@ -201,44 +185,36 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
             tx.open_table(LOG).map_err(|e| self.io(e))?;
             tx.open_table(DOCS).map_err(|e| self.io(e))?;
-            let stored_format = meta
-                .get("format")
-                .map_err(|e| self.io(e))?
-                .map(|v| v.value().to_vec());
+            let stored_format = meta.get("format").map_err(|e| self.io(e))?.map(|v| v.value().to_vec());
             match stored_format {
                 None => {
                     let id = NodeId(getrandom::u64().map_err(|e| self.io(e))?);
-                    meta.insert("format", seal(&[FORMAT_VERSION]).as_slice())
-                        .map_err(|e| self.io(e))?;
-                    meta.insert("node_id", seal(&id.0.to_be_bytes()).as_slice())
-                        .map_err(|e| self.io(e))?;
-                    meta.insert("region", seal(region.as_bytes()).as_slice())
-                        .map_err(|e| self.io(e))?;
+                    meta.insert("format", seal(&[FORMAT_VERSION]).as_slice()).map_err(|e| self.io(e))?;
+                    meta.insert("node_id", seal(&id.0.to_be_bytes()).as_slice()).map_err(|e| self.io(e))?;
+                    meta.insert("region", seal(region.as_bytes()).as_slice()).map_err(|e| self.io(e))?;
                     id
                 }
                 Some(format) => {
                     let format = unseal(&self.path, &|| "meta.format".into(), &format)?;
                     if format != [FORMAT_VERSION] {
-                        return Err(self.corrupt(format!("unknown store format {format:?}; this meridian understands format {FORMAT_VERSION}")));
+                        return Err(self.corrupt(format!(
+                            "unknown store format {format:?}; this meridian understands format {FORMAT_VERSION}"
+                        )));
                     }
                     let raw = meta
                         .get("node_id")
                         .map_err(|e| self.io(e))?
                         .ok_or_else(|| self.corrupt("meta.node_id is missing".into()))?;
                     let bytes = unseal(&self.path, &|| "meta.node_id".into(), raw.value())?;
-                    let id = NodeId(u64::from_be_bytes(bytes.try_into().map_err(|_| {
-                        self.corrupt("meta.node_id has the wrong length".into())
-                    })?));
+                    let id = NodeId(u64::from_be_bytes(
+                        bytes.try_into().map_err(|_| self.corrupt("meta.node_id has the wrong length".into()))?,
+                    ));
                     let raw = meta
                         .get("region")
                         .map_err(|e| self.io(e))?
                         .ok_or_else(|| self.corrupt("meta.region is missing".into()))?;
-                    let stored = String::from_utf8_lossy(unseal(
-                        &self.path,
-                        &|| "meta.region".into(),
-                        raw.value(),
-                    )?)
-                    .into_owned();
+                    let stored = String::from_utf8_lossy(unseal(&self.path, &|| "meta.region".into(), raw.value())?)
+                        .into_owned();
                     if stored != region {
                         return Err(StorageError::RegionMismatch {
                             path: self.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
@@ -251,8 +227,7 @@ impl Store {
             }
         };
         let mut tx = tx;
-        tx.set_durability(Durability::Immediate)
-            .map_err(|e| self.io(e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
         tx.commit().map_err(|e| self.io(e))?;
 
         let tx = self.db.begin_read().map_err(|e| self.io(e))?;
@@ -261,8 +236,7 @@ impl Store {
             None => VersionVector::new(),
             Some(raw) => {
                 let bytes = unseal(&self.path, &|| "meta.checkpoint".into(), raw.value())?;
-                decode_vv(bytes)
-                    .ok_or_else(|| self.corrupt("meta.checkpoint does not decode".into()))?
+                decode_vv(bytes).ok_or_else(|| self.corrupt("meta.checkpoint does not decode".into()))?
             }
         };
         let hlc_high = match meta.get("hlc_high").map_err(|e| self.io(e))? {
@@ -270,9 +244,7 @@ impl Store {
             Some(raw) => {
                 let bytes = unseal(&self.path, &|| "meta.hlc_high".into(), raw.value())?;
                 Hlc::from_bytes(
-                    bytes
-                        .try_into()
-                        .map_err(|_| self.corrupt("meta.hlc_high has the wrong length".into()))?,
+                    bytes.try_into().map_err(|_| self.corrupt("meta.hlc_high has the wrong length".into()))?,
                 )
             }
         };
@@ -281,14 +253,9 @@ impl Store {
         for entry in docs.iter().map_err(|e| self.io(e))? {
             let (key, value) = entry.map_err(|e| self.io(e))?;
             let id_text = key.value().to_string();
-            let id = DocId::new(&id_text).map_err(|_| {
-                self.corrupt(format!("docs key {id_text:?} is not a valid document id"))
-            })?;
-            let bytes = unseal(
-                &self.path,
-                &|| format!("snapshot of document {id_text:?}"),
-                value.value(),
-            )?;
+            let id = DocId::new(&id_text)
+                .map_err(|_| self.corrupt(format!("docs key {id_text:?} is not a valid document id")))?;
+            let bytes = unseal(&self.path, &|| format!("snapshot of document {id_text:?}"), value.value())?;
             snapshots.push((id, bytes.to_vec()));
         }
         let mut log = Vec::new();
@@ -305,42 +272,31 @@ impl Store {
             }
             log.push(record);
         }
-        Ok(Recovered {
-            node_id,
-            checkpoint,
-            snapshots,
-            log,
-            hlc_high,
-        })
+        Ok(Recovered { node_id, checkpoint, snapshots, log, hlc_high })
     }
 
     /// Commits `batch` atomically and durably (fsync before returning).
     pub fn commit(&self, batch: &Batch) -> Result<(), StorageError> {
         let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
-        tx.set_durability(Durability::Immediate)
-            .map_err(|e| self.io(e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
         {
             let mut log = tx.open_table(LOG).map_err(|e| self.io(e))?;
             let mut hlc_high = None;
             for record in &batch.records {
                 let key = (record.meta.origin.0, record.meta.seq);
-                log.insert(key, seal(&record.encode()).as_slice())
-                    .map_err(|e| self.io(e))?;
+                log.insert(key, seal(&record.encode()).as_slice()).map_err(|e| self.io(e))?;
                 hlc_high = hlc_high.max(Some(record.meta.hlc));
             }
             for &(origin, upto) in &batch.truncate {
-                log.retain_in((origin.0, 0)..=(origin.0, upto), |_, _| false)
-                    .map_err(|e| self.io(e))?;
+                log.retain_in((origin.0, 0)..=(origin.0, upto), |_, _| false).map_err(|e| self.io(e))?;
             }
             let mut docs = tx.open_table(DOCS).map_err(|e| self.io(e))?;
             for (id, bytes) in &batch.snapshots {
-                docs.insert(id.as_str(), seal(bytes).as_slice())
-                    .map_err(|e| self.io(e))?;
+                docs.insert(id.as_str(), seal(bytes).as_slice()).map_err(|e| self.io(e))?;
             }
             let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
             if let Some(checkpoint) = &batch.checkpoint {
-                meta.insert("checkpoint", seal(&encode_vv(checkpoint)).as_slice())
-                    .map_err(|e| self.io(e))?;
+                meta.insert("checkpoint", seal(&encode_vv(checkpoint)).as_slice()).map_err(|e| self.io(e))?;
             }
             if let Some(hlc) = hlc_high {
                 let previous = match meta.get("hlc_high").map_err(|e| self.io(e))? {
@@ -351,8 +307,7 @@ impl Store {
                     None => None,
                 };
                 if previous.is_none_or(|p| p < hlc) {
-                    meta.insert("hlc_high", seal(&hlc.to_bytes()).as_slice())
-                        .map_err(|e| self.io(e))?;
+                    meta.insert("hlc_high", seal(&hlc.to_bytes()).as_slice()).map_err(|e| self.io(e))?;
                 }
             }
         }
@@ -371,19 +326,14 @@ mod tests {
     use meridian_crdt::ChangeMeta;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("meridian-storage-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("meridian-storage-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
 
     fn record(seq: u64) -> ChangeRecord {
         ChangeRecord {
-            meta: ChangeMeta {
-                origin: NodeId(7),
-                seq,
-                hlc: Hlc::new(seq * 10, 0),
-            },
+            meta: ChangeMeta { origin: NodeId(7), seq, hlc: Hlc::new(seq * 10, 0) },
             doc: DocId::new("d").unwrap(),
             changes: vec![vec![seq as u8; 8]],
         }
@@ -411,10 +361,7 @@ mod tests {
         assert_eq!(again.snapshots.len(), 1);
         assert_eq!(again.hlc_high, Hlc::new(30, 0));
         let err = Store::open(&dir, "us-east").err().unwrap();
-        assert!(
-            err.to_string().contains("belongs to region \"eu-west\""),
-            "{err}"
-        );
+        assert!(err.to_string().contains("belongs to region \"eu-west\""), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -422,12 +369,7 @@ mod tests {
     fn a_flipped_byte_is_detected_and_named() {
         let dir = temp_dir("flip");
         let (store, _) = Store::open(&dir, "r").unwrap();
-        store
-            .commit(&Batch {
-                records: vec![record(1)],
-                ..Batch::default()
-            })
-            .unwrap();
+        store.commit(&Batch { records: vec![record(1)], ..Batch::default() }).unwrap();
         drop(store);
         // Overwrite the stored record with one whose checksum does not match.
         let db = Database::create(dir.join(FILE_NAME)).unwrap();
@@ -442,10 +384,7 @@ mod tests {
         tx.commit().unwrap();
         drop(db);
         let err = Store::open(&dir, "r").err().unwrap().to_string();
-        assert!(
-            err.contains("log record (0000000000000007, 1) fails its checksum"),
-            "{err}"
-        );
+        assert!(err.contains("log record (0000000000000007, 1) fails its checksum"), "{err}");
         assert!(err.contains(FILE_NAME), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -25,10 +25,7 @@ impl TempDir {
     pub fn new(name: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "meridian-test-{name}-{}-{unique}",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("meridian-test-{name}-{}-{unique}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -62,11 +59,7 @@ pub struct Reply {
 impl Reply {
     /// A header as text, or "".
     pub fn header(&self, name: &str) -> String {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
     }
 }
 
@@ -84,53 +77,24 @@ impl InProcessNode {
     pub fn open(dir: &Path) -> InProcessNode {
         let config = Config::for_tests(dir);
         let runtime = Arc::new(NodeRuntime::open(&config).expect("open node"));
-        let router = router(
-            runtime.clone(),
-            WebConfig {
-                body_limit_bytes: config.body_limit_bytes,
-            },
-        );
-        InProcessNode {
-            runtime,
-            router,
-            config,
-        }
+        let router = router(runtime.clone(), WebConfig { body_limit_bytes: config.body_limit_bytes, admin_token: config.admin_token.clone() });
+        InProcessNode { runtime, router, config }
     }
 
     /// Sends one request. `headers` are (name, value) pairs.
-    pub async fn request(
-        &self,
-        method: &str,
-        uri: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Body>,
-    ) -> Reply {
+    pub async fn request(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
         let mut builder = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let response = self
-            .router
-            .clone()
-            .oneshot(builder.body(body.into()).expect("request"))
-            .await
-            .expect("infallible");
+        let response =
+            self.router.clone().oneshot(builder.body(body.into()).expect("request")).await.expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Reply {
-            status,
-            headers,
-            json,
-            text,
-        }
+        Reply { status, headers, json, text }
     }
 
     /// Stops the storage thread (final commit and checkpoint).
@@ -146,11 +110,7 @@ pub fn meridian_binary() -> PathBuf {
         .get_or_init(|| {
             // Test executables live in target/<profile>/deps; the binary in target/<profile>.
             let exe = std::env::current_exe().expect("current exe");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("target/<profile>")
-                .to_path_buf();
+            let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
             let binary = profile_dir.join("meridian");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
@@ -178,14 +138,7 @@ impl NodeProcess {
     /// until it is ready. `extra` are additional flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> NodeProcess {
         let mut child = Command::new(meridian_binary())
-            .args([
-                "serve",
-                "--listen-http",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
+            .args(["serve", "--listen-http", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -210,13 +163,8 @@ impl NodeProcess {
                 // Keep draining so the child never blocks on a full pipe.
             }
         });
-        let address = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("meridian did not report its address");
-        let process = NodeProcess {
-            child,
-            url: format!("http://{address}"),
-        };
+        let address = rx.recv_timeout(Duration::from_secs(30)).expect("meridian did not report its address");
+        let process = NodeProcess { child, url: format!("http://{address}") };
         process.wait_ready(Duration::from_secs(30));
         process
     }
@@ -267,8 +215,7 @@ mod probe {
                 return false;
             };
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let request =
-                format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
             if stream.write_all(request.as_bytes()).is_err() {
                 return false;
             }

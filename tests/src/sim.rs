@@ -92,10 +92,7 @@ impl Sim {
         let hlc = Hlc::new(self.wall_ns(), 0);
         let now = self.now;
         let node = &mut self.nodes[index];
-        let receipt = node
-            .replica
-            .local_write(&DocId::new(doc).expect("id"), &op, hlc, None)
-            .expect("write");
+        let receipt = node.replica.local_write(&DocId::new(doc).expect("id"), &op, hlc, None).expect("write");
         node.gossip.handle_local_records(now, &[receipt.record]);
     }
 
@@ -116,8 +113,7 @@ impl Sim {
         self.next_conn += 1;
         let (now, wall) = (self.now, self.wall_ns());
         let node = &mut self.nodes[to];
-        node.gossip
-            .handle_frame(now, wall, conn, StreamKind::Live, body, &node.replica);
+        node.gossip.handle_frame(now, wall, conn, StreamKind::Live, body, &node.replica);
         self.drain(to);
         conn
     }
@@ -146,22 +142,16 @@ impl Sim {
     /// Whether all nodes hold the same changes and identical documents.
     pub fn converged(&self) -> bool {
         let first = &self.nodes[0].replica;
-        self.nodes
-            .iter()
-            .all(|n| n.replica.version_vector() == first.version_vector())
-            && {
-                let view = |r: &Replica| -> BTreeMap<String, (Option<serde_json::Value>, String)> {
-                    r.all_doc_ids(None, usize::MAX)
-                        .into_iter()
-                        .filter_map(|id| {
-                            r.document(&id)
-                                .map(|s| (id.to_string(), (s.doc.to_json(), s.doc.etag())))
-                        })
-                        .collect()
-                };
-                let expected = view(first);
-                self.nodes.iter().all(|n| view(&n.replica) == expected)
-            }
+        self.nodes.iter().all(|n| n.replica.version_vector() == first.version_vector()) && {
+            let view = |r: &Replica| -> BTreeMap<String, (Option<serde_json::Value>, String)> {
+                r.all_doc_ids(None, usize::MAX)
+                    .into_iter()
+                    .filter_map(|id| r.document(&id).map(|s| (id.to_string(), (s.doc.to_json(), s.doc.etag()))))
+                    .collect()
+            };
+            let expected = view(first);
+            self.nodes.iter().all(|n| view(&n.replica) == expected)
+        }
     }
 
     fn step(&mut self) {
@@ -176,14 +166,7 @@ impl Sim {
             }
             let (now, wall) = (self.now, self.wall_ns());
             let node = &mut self.nodes[to];
-            node.gossip.handle_frame(
-                now,
-                wall,
-                delivery.conn,
-                delivery.stream,
-                &delivery.frame[4..],
-                &node.replica,
-            );
+            node.gossip.handle_frame(now, wall, delivery.conn, delivery.stream, &delivery.frame[4..], &node.replica);
             self.drain(to);
         }
         for index in 0..self.nodes.len() {
@@ -210,9 +193,7 @@ impl Sim {
                 }
                 _ => Err("unreachable".to_string()),
             };
-            self.nodes[index]
-                .gossip
-                .handle_dial_result(now, addr, result);
+            self.nodes[index].gossip.handle_dial_result(now, addr, result);
         }
         while let Some(transmit) = self.nodes[index].gossip.poll_transmit() {
             let Some(&(from, to)) = self.conns.get(&transmit.conn) else {
@@ -289,14 +270,7 @@ impl Sim {
                 .gossip
                 .members(self.now)
                 .iter()
-                .map(|m| {
-                    format!(
-                        "{}:{}{}",
-                        m.info.region,
-                        m.state.as_str(),
-                        if m.connected { "+conn" } else { "" }
-                    )
-                })
+                .map(|m| format!("{}:{}{}", m.info.region, m.state.as_str(), if m.connected { "+conn" } else { "" }))
                 .collect();
             out.push_str(&format!(
                 "node {i}: vv {:?} log {} docs {} members {:?}\n",

@@ -36,11 +36,7 @@ async fn writer(
         i += 1;
         let id = format!("w{writer}/r{round}/{i}");
         let body = json!({"writer": writer, "round": round, "i": i});
-        let put = client
-            .put(format!("{url}/v1/docs/{id}"))
-            .json(&body)
-            .send()
-            .await;
+        let put = client.put(format!("{url}/v1/docs/{id}")).json(&body).send().await;
         match put {
             Ok(r) if r.status().is_success() => acked.lock().unwrap().docs.push((id, body)),
             _ => return, // the node is gone
@@ -74,21 +70,14 @@ async fn writer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_no_acknowledged_write() {
     let dir = TempDir::new("crash");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let acked = Arc::new(Mutex::new(Acked::default()));
     let flags = ["--checkpoint-interval-ms", "20"];
 
     // Every round starts a node (recovering the previous round's data), writes, and kills it.
     let first = NodeProcess::start(dir.path(), &flags);
-    let created = client
-        .put(format!("{}/v1/docs/shared/list", first.url))
-        .json(&json!({"items": []}))
-        .send()
-        .await
-        .unwrap();
+    let created =
+        client.put(format!("{}/v1/docs/shared/list", first.url)).json(&json!({"items": []})).send().await.unwrap();
     assert!(created.status().is_success());
     let mut node = Some(first);
     for round in 0..ROUNDS {
@@ -103,16 +92,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_write() {
         };
         let stop = Instant::now() + Duration::from_secs(5);
         let tasks: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                tokio::spawn(writer(
-                    client.clone(),
-                    process.url.clone(),
-                    w,
-                    round,
-                    acked.clone(),
-                    stop,
-                ))
-            })
+            .map(|w| tokio::spawn(writer(client.clone(), process.url.clone(), w, round, acked.clone(), stop)))
             .collect();
         // Kill at a moment that varies by round, while writers are mid-stream.
         tokio::time::sleep(Duration::from_millis(700 + 350 * round as u64)).await;
@@ -128,62 +108,24 @@ async fn kill_9_mid_stream_loses_no_acknowledged_write() {
     }
 
     let dir_path = dir.path().to_path_buf();
-    let node = tokio::task::spawn_blocking(move || NodeProcess::start(&dir_path, &[]))
-        .await
-        .unwrap();
+    let node = tokio::task::spawn_blocking(move || NodeProcess::start(&dir_path, &[])).await.unwrap();
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert!(
-        acked.docs.len() > 50,
-        "too few writes acknowledged ({}) for the test to mean anything",
-        acked.docs.len()
-    );
+    assert!(acked.docs.len() > 50, "too few writes acknowledged ({}) for the test to mean anything", acked.docs.len());
     for (id, body) in &acked.docs {
-        let reply = client
-            .get(format!("{}/v1/docs/{id}", node.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            reply.status(),
-            200,
-            "acknowledged document {id} is missing after kill -9"
-        );
-        assert_eq!(
-            &reply.json::<Value>().await.unwrap(),
-            body,
-            "document {id} has the wrong content"
-        );
+        let reply = client.get(format!("{}/v1/docs/{id}", node.url)).send().await.unwrap();
+        assert_eq!(reply.status(), 200, "acknowledged document {id} is missing after kill -9");
+        assert_eq!(&reply.json::<Value>().await.unwrap(), body, "document {id} has the wrong content");
     }
-    let list: Value = client
-        .get(format!("{}/v1/docs/shared/list", node.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let items: Vec<String> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let list: Value =
+        client.get(format!("{}/v1/docs/shared/list", node.url)).send().await.unwrap().json().await.unwrap();
+    let items: Vec<String> =
+        list["items"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let unique: BTreeSet<String> = items.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        items.len(),
-        "an append is present more than once"
-    );
+    assert_eq!(unique.len(), items.len(), "an append is present more than once");
     let missing: Vec<_> = acked.appends.difference(&unique).collect();
     assert!(missing.is_empty(), "acknowledged appends lost: {missing:?}");
-    let counter: Value = client
-        .get(format!("{}/v1/docs/shared/counter", node.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counter: Value =
+        client.get(format!("{}/v1/docs/shared/counter", node.url)).send().await.unwrap().json().await.unwrap();
     let n = counter["n"].as_i64().unwrap();
     let in_flight_max = (WRITERS * ROUNDS) as i64;
     assert!(

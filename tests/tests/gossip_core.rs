@@ -20,11 +20,7 @@ fn put(value: serde_json::Value) -> WriteOp {
 
 fn counter(sim: &Sim, index: usize, doc: &str) -> i64 {
     let id = meridian_crdt::DocId::new(doc).unwrap();
-    sim.nodes[index]
-        .replica
-        .document(&id)
-        .and_then(|s| s.doc.to_json())
-        .map_or(0, |j| j["n"].as_i64().unwrap_or(0))
+    sim.nodes[index].replica.document(&id).and_then(|s| s.doc.to_json()).map_or(0, |j| j["n"].as_i64().unwrap_or(0))
 }
 
 #[test]
@@ -37,11 +33,7 @@ fn three_nodes_converge_from_one_seed() {
     for round in 0..20 {
         for node in [a, b, c] {
             sim.write(node, "shared", increment(1));
-            sim.write(
-                node,
-                &format!("own/{node}/{round}"),
-                put(json!({"round": round})),
-            );
+            sim.write(node, &format!("own/{node}/{round}"), put(json!({"round": round})));
         }
         sim.run(Duration::from_millis(3));
     }
@@ -66,8 +58,7 @@ fn line_topology_converges_through_the_middle() {
         sim.write(a, "from-a", increment(1));
         sim.write(c, &format!("from-c/{i}"), put(json!({"i": i})));
     }
-    sim.run_until_converged(Duration::from_secs(5))
-        .expect("line topology did not converge");
+    sim.run_until_converged(Duration::from_secs(5)).expect("line topology did not converge");
     assert_eq!(counter(&sim, c, "from-a"), 10);
 }
 
@@ -89,8 +80,7 @@ fn partition_then_heal_converges() {
     assert!(!sim.converged());
     sim.cut(a, c, false);
     sim.cut(b, c, false);
-    sim.run_until_converged(Duration::from_secs(10))
-        .expect("no convergence after heal");
+    sim.run_until_converged(Duration::from_secs(10)).expect("no convergence after heal");
     assert_eq!(counter(&sim, b, "x"), 165);
 }
 
@@ -105,22 +95,18 @@ fn a_late_joiner_gets_truncated_history_by_state_transfer() {
         sim.write(b, "gone", put(json!({"i": i})));
     }
     sim.write(b, "gone", WriteOp::Delete);
-    sim.run_until_converged(Duration::from_secs(5))
-        .expect("a and b converge");
+    sim.run_until_converged(Duration::from_secs(5)).expect("a and b converge");
     // Truncation waits until every member's heartbeat shows it holds the changes.
     sim.run(Duration::from_millis(300));
     for node in [a, b] {
-        let point = sim.nodes[node]
-            .gossip
-            .truncation_point(&sim.nodes[node].replica);
+        let point = sim.nodes[node].gossip.truncation_point(&sim.nodes[node].replica);
         for (origin, upto) in point {
             sim.nodes[node].replica.log_mut().truncate(origin, upto);
         }
         assert!(sim.nodes[node].replica.log().is_empty());
     }
     let d = sim.add_node("d", &[b]);
-    sim.run_until_converged(Duration::from_secs(10))
-        .expect("the joiner did not converge");
+    sim.run_until_converged(Duration::from_secs(10)).expect("the joiner did not converge");
     assert_eq!(counter(&sim, d, "doc/0"), 6);
     assert!(sim.nodes[d]
         .replica
@@ -131,8 +117,7 @@ fn a_late_joiner_gets_truncated_history_by_state_transfer() {
         .is_none());
     // And the log tail after the transfer still flows.
     sim.write(a, "doc/0", increment(1));
-    sim.run_until_converged(Duration::from_secs(5))
-        .expect("tail after transfer");
+    sim.run_until_converged(Duration::from_secs(5)).expect("tail after transfer");
     assert_eq!(counter(&sim, d, "doc/0"), 7);
 }
 
@@ -148,25 +133,14 @@ fn hostile_frames_are_refused_and_counted() {
     let foreign = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         cluster: "someone-else".into(),
-        me: MemberInfo {
-            node: meridian_crdt::NodeId(77),
-            region: "x".into(),
-            addr: "10.9.9.9:1".parse().unwrap(),
-        },
+        me: MemberInfo { node: meridian_crdt::NodeId(77), region: "x".into(), addr: "10.9.9.9:1".parse().unwrap() },
     })
     .encode_frame();
     sim.inject(a, &foreign[4..]);
     assert_eq!(sim.nodes[a].gossip.counters().peers_refused, 1);
-    let reasons: Vec<&str> = sim.nodes[a]
-        .closed
-        .iter()
-        .map(|(_, r)| r.as_str())
-        .collect();
+    let reasons: Vec<&str> = sim.nodes[a].closed.iter().map(|(_, r)| r.as_str()).collect();
     assert!(reasons[0].contains("malformed"), "{reasons:?}");
     assert!(reasons[1].contains("before hello"), "{reasons:?}");
     assert!(reasons[2].contains("cluster"), "{reasons:?}");
-    assert!(
-        sim.nodes[a].gossip.members(sim.now).is_empty(),
-        "a refused peer must not become a member"
-    );
+    assert!(sim.nodes[a].gossip.members(sim.now).is_empty(), "a refused peer must not become a member");
 }

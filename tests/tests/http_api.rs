@@ -11,22 +11,11 @@ const PATCH: (&str, &str) = ("content-type", "application/json-patch+json");
 
 fn assert_problem(reply: &Reply, status: u16, detail_contains: &str) {
     assert_eq!(reply.status.as_u16(), status, "{}", reply.text);
-    assert_eq!(
-        reply.header("content-type"),
-        "application/problem+json",
-        "{}",
-        reply.text
-    );
+    assert_eq!(reply.header("content-type"), "application/problem+json", "{}", reply.text);
     assert_eq!(reply.json["status"], status);
     let detail = reply.json["detail"].as_str().unwrap_or_default();
-    assert!(
-        detail.contains(detail_contains),
-        "detail {detail:?} lacks {detail_contains:?}"
-    );
-    assert!(reply.json["type"]
-        .as_str()
-        .unwrap_or_default()
-        .starts_with("urn:meridian:problem:"));
+    assert!(detail.contains(detail_contains), "detail {detail:?} lacks {detail_contains:?}");
+    assert!(reply.json["type"].as_str().unwrap_or_default().starts_with("urn:meridian:problem:"));
 }
 
 #[tokio::test]
@@ -34,14 +23,7 @@ async fn put_get_patch_delete_round_trip() {
     let dir = TempDir::new("round-trip");
     let node = InProcessNode::open(dir.path());
 
-    let created = node
-        .request(
-            "PUT",
-            "/v1/docs/users/42",
-            &[JSON],
-            r#"{"name":"ada","tags":["a"]}"#,
-        )
-        .await;
+    let created = node.request("PUT", "/v1/docs/users/42", &[JSON], r#"{"name":"ada","tags":["a"]}"#).await;
     assert_eq!(created.status, 201, "{}", created.text);
     assert_eq!(created.json["id"], "users/42");
     let token = created.json["token"].as_str().unwrap().to_string();
@@ -57,166 +39,78 @@ async fn put_get_patch_delete_round_trip() {
     assert_eq!(read.header("etag"), etag);
     assert!(!read.header("meridian-token").is_empty());
 
-    let replaced = node
-        .request(
-            "PUT",
-            "/v1/docs/users/42",
-            &[JSON],
-            r#"{"name":"ada lovelace","tags":["a"]}"#,
-        )
-        .await;
+    let replaced = node.request("PUT", "/v1/docs/users/42", &[JSON], r#"{"name":"ada lovelace","tags":["a"]}"#).await;
     assert_eq!(replaced.status, 200);
-    assert_ne!(
-        replaced.json["token"], token,
-        "every write names its own position"
-    );
+    assert_ne!(replaced.json["token"], token, "every write names its own position");
 
-    let merged = node
-        .request(
-            "PATCH",
-            "/v1/docs/users/42",
-            &[MERGE],
-            r#"{"tags":null,"city":"london"}"#,
-        )
-        .await;
+    let merged = node.request("PATCH", "/v1/docs/users/42", &[MERGE], r#"{"tags":null,"city":"london"}"#).await;
     assert_eq!(merged.status, 200, "{}", merged.text);
     let patched = node
         .request("PATCH", "/v1/docs/users/42", &[PATCH], r#"[{"op":"increment","path":"/views","value":5},{"op":"add","path":"/langs","value":[]},{"op":"add","path":"/langs/-","value":"en"}]"#)
         .await;
     assert_eq!(patched.status, 200, "{}", patched.text);
     let read = node.request("GET", "/v1/docs/users/42", &[], "").await;
-    assert_eq!(
-        read.json,
-        json!({"name":"ada lovelace","city":"london","views":5,"langs":["en"]})
-    );
+    assert_eq!(read.json, json!({"name":"ada lovelace","city":"london","views":5,"langs":["en"]}));
 
     let deleted = node.request("DELETE", "/v1/docs/users/42", &[], "").await;
     assert_eq!(deleted.status, 200);
     assert!(deleted.json["token"].is_string());
-    assert_problem(
-        &node.request("GET", "/v1/docs/users/42", &[], "").await,
-        404,
-        "does not exist",
-    );
-    assert_problem(
-        &node.request("DELETE", "/v1/docs/users/42", &[], "").await,
-        404,
-        "does not exist",
-    );
+    assert_problem(&node.request("GET", "/v1/docs/users/42", &[], "").await, 404, "does not exist");
+    assert_problem(&node.request("DELETE", "/v1/docs/users/42", &[], "").await, 404, "does not exist");
 
     // A write after a delete recreates the document.
-    let again = node
-        .request("PATCH", "/v1/docs/users/42", &[MERGE], r#"{"back":true}"#)
-        .await;
+    let again = node.request("PATCH", "/v1/docs/users/42", &[MERGE], r#"{"back":true}"#).await;
     assert_eq!(again.status, 201);
-    assert_eq!(
-        node.request("GET", "/v1/docs/users/42", &[], "").await.json,
-        json!({"back": true})
-    );
+    assert_eq!(node.request("GET", "/v1/docs/users/42", &[], "").await.json, json!({"back": true}));
 }
 
 #[tokio::test]
 async fn patch_creates_missing_documents_from_empty() {
     let dir = TempDir::new("patch-create");
     let node = InProcessNode::open(dir.path());
-    let created = node
-        .request(
-            "PATCH",
-            "/v1/docs/counters/a",
-            &[PATCH],
-            r#"[{"op":"increment","path":"/n","value":2}]"#,
-        )
-        .await;
+    let created =
+        node.request("PATCH", "/v1/docs/counters/a", &[PATCH], r#"[{"op":"increment","path":"/n","value":2}]"#).await;
     assert_eq!(created.status, 201, "{}", created.text);
-    let created = node
-        .request("PATCH", "/v1/docs/m", &[MERGE], r#"{"a":{"b":1,"c":null}}"#)
-        .await;
+    let created = node.request("PATCH", "/v1/docs/m", &[MERGE], r#"{"a":{"b":1,"c":null}}"#).await;
     assert_eq!(created.status, 201);
-    assert_eq!(
-        node.request("GET", "/v1/docs/m", &[], "").await.json,
-        json!({"a":{"b":1}})
-    );
+    assert_eq!(node.request("GET", "/v1/docs/m", &[], "").await.json, json!({"a":{"b":1}}));
 }
 
 #[tokio::test]
 async fn conditional_requests() {
     let dir = TempDir::new("conditional");
     let node = InProcessNode::open(dir.path());
-    let created = node
-        .request("PUT", "/v1/docs/c", &[JSON], r#"{"v":1}"#)
-        .await;
+    let created = node.request("PUT", "/v1/docs/c", &[JSON], r#"{"v":1}"#).await;
     let etag = created.header("etag");
 
-    let not_modified = node
-        .request("GET", "/v1/docs/c", &[("if-none-match", &etag)], "")
-        .await;
+    let not_modified = node.request("GET", "/v1/docs/c", &[("if-none-match", &etag)], "").await;
     assert_eq!(not_modified.status, 304);
     assert_eq!(not_modified.header("etag"), etag);
-    assert_eq!(
-        node.request("GET", "/v1/docs/c", &[("if-none-match", "\"other\"")], "")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(node.request("GET", "/v1/docs/c", &[("if-none-match", "\"other\"")], "").await.status, 200);
 
-    for (method, content_type, body) in
-        [("PUT", JSON, r#"{"v":2}"#), ("PATCH", MERGE, r#"{"v":2}"#)]
-    {
-        let refused = node
-            .request(
-                method,
-                "/v1/docs/c",
-                &[content_type, ("if-match", "\"stale\"")],
-                body,
-            )
-            .await;
+    for (method, content_type, body) in [("PUT", JSON, r#"{"v":2}"#), ("PATCH", MERGE, r#"{"v":2}"#)] {
+        let refused = node.request(method, "/v1/docs/c", &[content_type, ("if-match", "\"stale\"")], body).await;
         assert_problem(&refused, 412, "current ETag");
         assert_eq!(refused.header("etag"), etag, "412 tells the current ETag");
     }
+    assert_problem(&node.request("DELETE", "/v1/docs/c", &[("if-match", "\"stale\"")], "").await, 412, "If-Match");
     assert_problem(
-        &node
-            .request("DELETE", "/v1/docs/c", &[("if-match", "\"stale\"")], "")
-            .await,
-        412,
-        "If-Match",
-    );
-    assert_problem(
-        &node
-            .request("PUT", "/v1/docs/missing", &[JSON, ("if-match", "*")], "{}")
-            .await,
+        &node.request("PUT", "/v1/docs/missing", &[JSON, ("if-match", "*")], "{}").await,
         412,
         "does not exist",
     );
 
-    let updated = node
-        .request(
-            "PUT",
-            "/v1/docs/c",
-            &[JSON, ("if-match", &etag)],
-            r#"{"v":3}"#,
-        )
-        .await;
+    let updated = node.request("PUT", "/v1/docs/c", &[JSON, ("if-match", &etag)], r#"{"v":3}"#).await;
     assert_eq!(updated.status, 200);
     assert_ne!(updated.header("etag"), etag);
-    assert_eq!(
-        node.request(
-            "DELETE",
-            "/v1/docs/c",
-            &[("if-match", &updated.header("etag"))],
-            ""
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(node.request("DELETE", "/v1/docs/c", &[("if-match", &updated.header("etag"))], "").await.status, 200);
 }
 
 #[tokio::test]
 async fn json_patch_failures_apply_nothing_and_name_the_operation() {
     let dir = TempDir::new("patch-fail");
     let node = InProcessNode::open(dir.path());
-    node.request("PUT", "/v1/docs/p", &[JSON], r#"{"a":1,"list":[1,2]}"#)
-        .await;
+    node.request("PUT", "/v1/docs/p", &[JSON], r#"{"a":1,"list":[1,2]}"#).await;
     let before = node.request("GET", "/v1/docs/p", &[], "").await;
 
     let failed_test = node
@@ -239,70 +133,30 @@ async fn json_patch_failures_apply_nothing_and_name_the_operation() {
         )
         .await;
     assert_problem(&bad_path, 409, "operation 1");
-    let out_of_range = node
-        .request(
-            "PATCH",
-            "/v1/docs/p",
-            &[PATCH],
-            r#"[{"op":"add","path":"/list/5","value":0}]"#,
-        )
-        .await;
+    let out_of_range =
+        node.request("PATCH", "/v1/docs/p", &[PATCH], r#"[{"op":"add","path":"/list/5","value":0}]"#).await;
     assert_problem(&out_of_range, 409, "out of range");
 
     let invalid = node
-        .request(
-            "PATCH",
-            "/v1/docs/p",
-            &[PATCH],
-            r#"[{"op":"add","path":"/b","value":1},{"op":"jump","path":"/a"}]"#,
-        )
+        .request("PATCH", "/v1/docs/p", &[PATCH], r#"[{"op":"add","path":"/b","value":1},{"op":"jump","path":"/a"}]"#)
         .await;
     assert_problem(&invalid, 422, "operation 1");
     assert_eq!(invalid.json["operation"], 1);
+    assert_problem(&node.request("PATCH", "/v1/docs/p", &[PATCH], r#"{"op":"add"}"#).await, 422, "array");
     assert_problem(
-        &node
-            .request("PATCH", "/v1/docs/p", &[PATCH], r#"{"op":"add"}"#)
-            .await,
-        422,
-        "array",
-    );
-    assert_problem(
-        &node
-            .request(
-                "PATCH",
-                "/v1/docs/p",
-                &[PATCH],
-                r#"[{"op":"remove","path":""}]"#,
-            )
-            .await,
+        &node.request("PATCH", "/v1/docs/p", &[PATCH], r#"[{"op":"remove","path":""}]"#).await,
         422,
         "DELETE",
     );
     assert_problem(
-        &node
-            .request(
-                "PATCH",
-                "/v1/docs/p",
-                &[PATCH],
-                r#"[{"op":"replace","path":"","value":[1]}]"#,
-            )
-            .await,
+        &node.request("PATCH", "/v1/docs/p", &[PATCH], r#"[{"op":"replace","path":"","value":[1]}]"#).await,
         422,
         "object",
     );
-    assert_problem(
-        &node
-            .request("PATCH", "/v1/docs/p", &[MERGE], r#"[1,2]"#)
-            .await,
-        422,
-        "object",
-    );
+    assert_problem(&node.request("PATCH", "/v1/docs/p", &[MERGE], r#"[1,2]"#).await, 422, "object");
 
     let after = node.request("GET", "/v1/docs/p", &[], "").await;
-    assert_eq!(
-        after.json, before.json,
-        "failed patches changed the document"
-    );
+    assert_eq!(after.json, before.json, "failed patches changed the document");
     assert_eq!(after.header("etag"), before.header("etag"));
 }
 
@@ -310,113 +164,44 @@ async fn json_patch_failures_apply_nothing_and_name_the_operation() {
 async fn malformed_input_gets_a_clear_4xx_and_changes_nothing() {
     let dir = TempDir::new("bad-input");
     let node = InProcessNode::open(dir.path());
-    node.request("PUT", "/v1/docs/x", &[JSON], r#"{"keep":true}"#)
-        .await;
+    node.request("PUT", "/v1/docs/x", &[JSON], r#"{"keep":true}"#).await;
 
+    assert_problem(&node.request("PUT", "/v1/docs/x", &[JSON], r#"{"a":"#).await, 400, "not valid JSON");
+    assert_problem(&node.request("PUT", "/v1/docs/x", &[JSON], "").await, 400, "empty");
+    assert_problem(&node.request("PUT", "/v1/docs/x", &[JSON], "[1,2]").await, 422, "JSON object");
+    assert_problem(&node.request("PUT", "/v1/docs/x", &[JSON], "\"text\"").await, 422, "JSON object");
     assert_problem(
-        &node.request("PUT", "/v1/docs/x", &[JSON], r#"{"a":"#).await,
-        400,
-        "not valid JSON",
-    );
-    assert_problem(
-        &node.request("PUT", "/v1/docs/x", &[JSON], "").await,
-        400,
-        "empty",
-    );
-    assert_problem(
-        &node.request("PUT", "/v1/docs/x", &[JSON], "[1,2]").await,
-        422,
-        "JSON object",
-    );
-    assert_problem(
-        &node.request("PUT", "/v1/docs/x", &[JSON], "\"text\"").await,
-        422,
-        "JSON object",
-    );
-    assert_problem(
-        &node
-            .request("PUT", "/v1/docs/x", &[("content-type", "text/plain")], "{}")
-            .await,
+        &node.request("PUT", "/v1/docs/x", &[("content-type", "text/plain")], "{}").await,
         415,
         "application/json",
     );
-    assert_problem(
-        &node.request("PUT", "/v1/docs/x", &[], "{}").await,
-        415,
-        "got none",
-    );
+    assert_problem(&node.request("PUT", "/v1/docs/x", &[], "{}").await, 415, "got none");
     let wrong_patch_type = node.request("PATCH", "/v1/docs/x", &[JSON], "{}").await;
     assert_problem(&wrong_patch_type, 415, "merge-patch+json");
-    assert!(wrong_patch_type
-        .header("accept-patch")
-        .contains("json-patch+json"));
+    assert!(wrong_patch_type.header("accept-patch").contains("json-patch+json"));
 
     let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(2 << 20));
-    assert_problem(
-        &node.request("PUT", "/v1/docs/x", &[JSON], big).await,
-        413,
-        "larger than the limit",
-    );
+    assert_problem(&node.request("PUT", "/v1/docs/x", &[JSON], big).await, 413, "larger than the limit");
     let deep = format!("{}1{}", r#"{"a":"#.repeat(70), "}".repeat(70));
-    assert_problem(
-        &node.request("PUT", "/v1/docs/x", &[JSON], deep).await,
-        422,
-        "deeper than 64",
-    );
+    assert_problem(&node.request("PUT", "/v1/docs/x", &[JSON], deep).await, 422, "deeper than 64");
     let very_deep = format!("{{\"a\":{}{}}}", "[".repeat(500), "]".repeat(500));
-    assert_problem(
-        &node.request("PUT", "/v1/docs/x", &[JSON], very_deep).await,
-        422,
-        "deeper than 64",
-    );
-    let deep_patch = format!(
-        r#"[{{"op":"add","path":"/a","value":{}1{}}}]"#,
-        r#"{"a":"#.repeat(64),
-        "}".repeat(64)
-    );
-    assert_problem(
-        &node
-            .request("PATCH", "/v1/docs/x", &[PATCH], deep_patch)
-            .await,
-        422,
-        "deeper than 64",
-    );
+    assert_problem(&node.request("PUT", "/v1/docs/x", &[JSON], very_deep).await, 422, "deeper than 64");
+    let deep_patch = format!(r#"[{{"op":"add","path":"/a","value":{}1{}}}]"#, r#"{"a":"#.repeat(64), "}".repeat(64));
+    assert_problem(&node.request("PATCH", "/v1/docs/x", &[PATCH], deep_patch).await, 422, "deeper than 64");
 
+    assert_problem(&node.request("GET", "/v1/docs/a%20b", &[], "").await, 400, "not allowed");
     assert_problem(
-        &node.request("GET", "/v1/docs/a%20b", &[], "").await,
-        400,
-        "not allowed",
-    );
-    assert_problem(
-        &node
-            .request(
-                "PUT",
-                &format!("/v1/docs/{}", "x".repeat(257)),
-                &[JSON],
-                "{}",
-            )
-            .await,
+        &node.request("PUT", &format!("/v1/docs/{}", "x".repeat(257)), &[JSON], "{}").await,
         400,
         "limit is 256",
     );
-    assert_problem(
-        &node.request("GET", "/v1/docs/missing", &[], "").await,
-        404,
-        "does not exist",
-    );
+    assert_problem(&node.request("GET", "/v1/docs/missing", &[], "").await, 404, "does not exist");
     let not_allowed = node.request("POST", "/v1/docs/x", &[JSON], "{}").await;
     assert_problem(&not_allowed, 405, "POST");
     assert!(not_allowed.header("allow").contains("PUT"));
-    assert_problem(
-        &node.request("GET", "/v2/nothing", &[], "").await,
-        404,
-        "no endpoint",
-    );
+    assert_problem(&node.request("GET", "/v2/nothing", &[], "").await, 404, "no endpoint");
 
-    assert_eq!(
-        node.request("GET", "/v1/docs/x", &[], "").await.json,
-        json!({"keep": true})
-    );
+    assert_eq!(node.request("GET", "/v1/docs/x", &[], "").await.json, json!({"keep": true}));
 }
 
 #[tokio::test]
@@ -424,11 +209,7 @@ async fn listing_paginates_with_an_opaque_cursor() {
     let dir = TempDir::new("list");
     let node = InProcessNode::open(dir.path());
     for id in ["a/1", "a/2", "a/3", "b/1", "a/4", "c"] {
-        assert!(node
-            .request("PUT", &format!("/v1/docs/{id}"), &[JSON], "{}")
-            .await
-            .status
-            .is_success());
+        assert!(node.request("PUT", &format!("/v1/docs/{id}"), &[JSON], "{}").await.status.is_success());
     }
     node.request("DELETE", "/v1/docs/a/4", &[], "").await;
 
@@ -437,13 +218,7 @@ async fn listing_paginates_with_an_opaque_cursor() {
     loop {
         let page = node.request("GET", &uri, &[], "").await;
         assert_eq!(page.status, 200, "{}", page.text);
-        seen.extend(
-            page.json["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string()),
-        );
+        seen.extend(page.json["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
         match page.json["next_cursor"].as_str() {
             Some(cursor) => uri = format!("/v1/docs?prefix=a/&limit=2&cursor={cursor}"),
             None => break,
@@ -453,36 +228,12 @@ async fn listing_paginates_with_an_opaque_cursor() {
     let all = node.request("GET", "/v1/docs", &[], "").await;
     assert_eq!(all.json["ids"], json!(["a/1", "a/2", "a/3", "b/1", "c"]));
 
-    assert_problem(
-        &node.request("GET", "/v1/docs?limit=0", &[], "").await,
-        400,
-        "limit",
-    );
-    assert_problem(
-        &node.request("GET", "/v1/docs?limit=5000", &[], "").await,
-        400,
-        "limit",
-    );
-    assert_problem(
-        &node.request("GET", "/v1/docs?limit=ten", &[], "").await,
-        400,
-        "limit",
-    );
-    assert_problem(
-        &node.request("GET", "/v1/docs?cursor=!!", &[], "").await,
-        400,
-        "cursor",
-    );
-    assert_problem(
-        &node.request("GET", "/v1/docs?limt=5", &[], "").await,
-        400,
-        "unknown query parameter",
-    );
-    assert_problem(
-        &node.request("GET", "/v1/docs?prefix=a%20b", &[], "").await,
-        400,
-        "prefix",
-    );
+    assert_problem(&node.request("GET", "/v1/docs?limit=0", &[], "").await, 400, "limit");
+    assert_problem(&node.request("GET", "/v1/docs?limit=5000", &[], "").await, 400, "limit");
+    assert_problem(&node.request("GET", "/v1/docs?limit=ten", &[], "").await, 400, "limit");
+    assert_problem(&node.request("GET", "/v1/docs?cursor=!!", &[], "").await, 400, "cursor");
+    assert_problem(&node.request("GET", "/v1/docs?limt=5", &[], "").await, 400, "unknown query parameter");
+    assert_problem(&node.request("GET", "/v1/docs?prefix=a%20b", &[], "").await, 400, "prefix");
 }
 
 #[tokio::test]
@@ -505,11 +256,7 @@ async fn health_readiness_and_metrics() {
         "meridian_documents 1",
         "meridian_log_entries 1",
     ] {
-        assert!(
-            metrics.text.contains(needle),
-            "metrics lack {needle}\n{}",
-            metrics.text
-        );
+        assert!(metrics.text.contains(needle), "metrics lack {needle}\n{}", metrics.text);
     }
 }
 
@@ -534,9 +281,7 @@ async fn acknowledged_writes_survive_a_restart_with_checkpoints() {
     let node = InProcessNode::open(dir.path());
     let mut total = 0;
     for d in 0..7 {
-        let reply = node
-            .request("GET", &format!("/v1/docs/d{d}"), &[], "")
-            .await;
+        let reply = node.request("GET", &format!("/v1/docs/d{d}"), &[], "").await;
         total += reply.json["n"].as_i64().unwrap();
     }
     assert_eq!(total, (0..50).sum::<i64>());

@@ -29,13 +29,7 @@ pub struct ApiError {
 impl ApiError {
     /// A problem with the given status, kind and detail.
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            kind,
-            detail: detail.into(),
-            extra: Map::new(),
-            headers: Vec::new(),
-        }
+        ApiError { status, kind, detail: detail.into(), extra: Map::new(), headers: Vec::new() }
     }
 
     /// 400: the request is malformed.
@@ -45,11 +39,7 @@ impl ApiError {
 
     /// 404 for a document id.
     pub fn doc_not_found(id: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("document {id:?} does not exist"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("document {id:?} does not exist"))
     }
 
     /// Adds an extension member.
@@ -70,25 +60,21 @@ impl ApiError {
 impl From<NodeError> for ApiError {
     fn from(err: NodeError) -> ApiError {
         match err {
-            NodeError::Unavailable(reason) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
-                    .with_header(header::RETRY_AFTER, "1")
+            NodeError::Unavailable(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
+                .with_header(header::RETRY_AFTER, "1"),
+            NodeError::Invalid(reason) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", reason),
+            NodeError::Off(reason) => ApiError::new(StatusCode::NOT_FOUND, "off", reason),
+            NodeError::Write(WriteError::NotFound) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not-found", "document does not exist")
             }
-            NodeError::Write(WriteError::NotFound) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "document does not exist",
-            ),
             NodeError::Write(WriteError::PreconditionFailed { current }) => {
                 let detail = match &current {
-                    Some(etag) => format!("If-Match does not match: the document's current ETag is {etag}; read it again and retry"),
+                    Some(etag) => format!(
+                        "If-Match does not match: the document's current ETag is {etag}; read it again and retry"
+                    ),
                     None => "If-Match was given but the document does not exist".to_string(),
                 };
-                let mut err = ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    "precondition-failed",
-                    detail,
-                );
+                let mut err = ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition-failed", detail);
                 if let Some(etag) = current {
                     err = err.with_header(header::ETAG, &etag);
                 }
@@ -101,21 +87,19 @@ impl From<NodeError> for ApiError {
                 reason,
                 conflict,
             })) => {
-                let status = if conflict {
-                    StatusCode::CONFLICT
-                } else {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                };
-                ApiError::new(status, "patch-failed", format!("JSON Patch operation {index} ({op} {path}) failed: {reason}; nothing was applied"))
-                    .with("operation", index)
-                    .with("path", path)
+                let status = if conflict { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
+                ApiError::new(
+                    status,
+                    "patch-failed",
+                    format!("JSON Patch operation {index} ({op} {path}) failed: {reason}; nothing was applied"),
+                )
+                .with("operation", index)
+                .with("path", path)
             }
             NodeError::Write(WriteError::Document(DocumentError::NotAnObject(reason))) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-an-object", reason)
             }
-            NodeError::Write(WriteError::Document(
-                err @ (DocumentError::Corrupt(_) | DocumentError::Internal(_)),
-            )) => {
+            NodeError::Write(WriteError::Document(err @ (DocumentError::Corrupt(_) | DocumentError::Internal(_)))) => {
                 tracing::error!(cause = %err, "write failed inside the CRDT layer");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -141,10 +125,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         for (name, value) in self.headers {
             headers.insert(name, value);
         }

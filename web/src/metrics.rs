@@ -13,9 +13,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 /// Latency bucket bounds in seconds, from 100 µs to 2.5 s.
-pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+pub const LATENCY_BUCKETS_SECONDS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// A lock-free latency histogram with [`LATENCY_BUCKETS_SECONDS`] buckets.
 #[derive(Default, Debug)]
@@ -29,15 +28,11 @@ impl Histogram {
     /// Records one observation.
     pub fn observe(&self, duration: Duration) {
         let seconds = duration.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS_SECONDS
-            .iter()
-            .position(|&bound| seconds <= bound)
-        {
+        if let Some(i) = LATENCY_BUCKETS_SECONDS.iter().position(|&bound| seconds <= bound) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add(duration.as_nanos() as u64, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(duration.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Number of observations.
@@ -52,33 +47,19 @@ impl Histogram {
         let mut cumulative = 0;
         for (bound, bucket) in LATENCY_BUCKETS_SECONDS.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{braces} {}",
-            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-        );
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
         let _ = writeln!(out, "{name}_count{braces} {count}");
     }
 }
 
 /// Escapes a Prometheus label value.
 pub fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Writes a `# HELP` and `# TYPE` header.
@@ -96,25 +77,14 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     fn histogram(&self, route: &str, method: &str, status: u16) -> Arc<Histogram> {
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series
-            .entry((route.to_string(), method.to_string(), status))
-            .or_default()
-            .clone()
+        series.entry((route.to_string(), method.to_string(), status)).or_default().clone()
     }
 
     /// Renders `meridian_http_requests_total` and `meridian_http_request_duration_seconds`.
     pub fn render(&self, out: &mut String) {
-        let series = self
-            .series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let label = |(route, method, status): &(String, String, u16)| {
-            format!(
-                "route=\"{}\",method=\"{}\",status=\"{status}\"",
-                escape_label(route),
-                escape_label(method)
-            )
+            format!("route=\"{}\",method=\"{}\",status=\"{status}\"", escape_label(route), escape_label(method))
         };
         header(
             out,
@@ -123,12 +93,7 @@ impl HttpMetrics {
             "HTTP requests answered, by route template, method and status.",
         );
         for (key, histogram) in &series {
-            let _ = writeln!(
-                out,
-                "meridian_http_requests_total{{{}}} {}",
-                label(key),
-                histogram.count()
-            );
+            let _ = writeln!(out, "meridian_http_requests_total{{{}}} {}", label(key), histogram.count());
         }
         header(
             out,
@@ -143,22 +108,12 @@ impl HttpMetrics {
 }
 
 /// Middleware recording every request's route, method, status and latency.
-pub async fn track(
-    State(metrics): State<Arc<HttpMetrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn track(State(metrics): State<Arc<HttpMetrics>>, request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
     let method = request.method().as_str().to_string();
     let response = next.run(request).await;
-    metrics
-        .histogram(&route, &method, response.status().as_u16())
-        .observe(start.elapsed());
+    metrics.histogram(&route, &method, response.status().as_u16()).observe(start.elapsed());
     response
 }
 

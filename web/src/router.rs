@@ -29,19 +29,20 @@ use crate::node::{Node, WriteAck};
 pub struct WebConfig {
     /// Largest request body accepted (413 beyond).
     pub body_limit_bytes: usize,
+    /// Bearer token for `/v1/admin/*`; without one those endpoints answer 404.
+    pub admin_token: Option<String>,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig {
-            body_limit_bytes: 1 << 20,
-        }
+        WebConfig { body_limit_bytes: 1 << 20, admin_token: None }
     }
 }
 
 struct AppState<N> {
     node: Arc<N>,
     http_metrics: Arc<HttpMetrics>,
+    admin_token: Option<Arc<str>>,
 }
 
 impl<N> Clone for AppState<N> {
@@ -49,6 +50,7 @@ impl<N> Clone for AppState<N> {
         AppState {
             node: self.node.clone(),
             http_metrics: self.http_metrics.clone(),
+            admin_token: self.admin_token.clone(),
         }
     }
 }
@@ -59,19 +61,16 @@ pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
     let state = AppState {
         node,
         http_metrics: http_metrics.clone(),
+        admin_token: config.admin_token.as_deref().map(Arc::from),
     };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<N>))
         .route("/metrics", get(render_metrics::<N>))
         .route("/v1/docs", get(list_docs::<N>))
-        .route(
-            "/v1/docs/{*id}",
-            get(get_doc::<N>)
-                .put(put_doc::<N>)
-                .patch(patch_doc::<N>)
-                .delete(delete_doc::<N>),
-        )
+        .route("/v1/cluster", get(cluster::<N>))
+        .route("/v1/admin/faults", get(get_faults::<N>).post(post_fault::<N>).delete(delete_faults::<N>))
+        .route("/v1/docs/{*id}", get(get_doc::<N>).put(put_doc::<N>).patch(patch_doc::<N>).delete(delete_doc::<N>))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(http_metrics, metrics::track))
@@ -87,12 +86,8 @@ async fn readyz<N: Node>(State(state): State<AppState<N>>) -> Response {
     if state.node.ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            "storage is not open or recovery is still running",
-        )
-        .into_response()
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "storage is not open or recovery is still running")
+            .into_response()
     }
 }
 
@@ -100,24 +95,14 @@ async fn render_metrics<N: Node>(State(state): State<AppState<N>>) -> Response {
     let mut out = String::with_capacity(8192);
     state.http_metrics.render(&mut out);
     state.node.render_metrics(&mut out);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no-route",
-        format!(
-            "no endpoint at {method} {}; documents live under /v1/docs/{{id}}",
-            uri.path()
-        ),
+        format!("no endpoint at {method} {}; documents live under /v1/docs/{{id}}", uri.path()),
     )
 }
 
@@ -125,20 +110,13 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
-        format!(
-            "{method} is not supported on {}; see the Allow header",
-            uri.path()
-        ),
+        format!("{method} is not supported on {}; see the Allow header", uri.path()),
     )
 }
 
 fn doc_id(path: Result<Path<String>, PathRejection>) -> Result<DocId, ApiError> {
-    let Path(raw) = path.map_err(|rej| {
-        ApiError::bad_request(
-            "bad-id",
-            format!("invalid document path: {}", rej.body_text()),
-        )
-    })?;
+    let Path(raw) =
+        path.map_err(|rej| ApiError::bad_request("bad-id", format!("invalid document path: {}", rej.body_text())))?;
     DocId::new(&raw).map_err(|err| ApiError::bad_request("bad-id", err.to_string()))
 }
 
@@ -146,17 +124,9 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         let status = rej.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                "body-too-large",
-                "request body is larger than the limit; send a smaller document",
-            )
+            ApiError::new(status, "body-too-large", "request body is larger than the limit; send a smaller document")
         } else {
-            ApiError::new(
-                status,
-                "bad-body",
-                format!("could not read the request body: {}", rej.body_text()),
-            )
+            ApiError::new(status, "bad-body", format!("could not read the request body: {}", rej.body_text()))
         }
     })
 }
@@ -164,31 +134,18 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 /// The media type of the request, lower-cased, without parameters.
 fn media_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(
-        value
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase(),
-    )
+    Some(value.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
 
 fn parse_json(bytes: &[u8]) -> Result<JsonValue, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "malformed-json",
-            "the request body is empty; send a JSON document",
-        ));
+        return Err(ApiError::bad_request("malformed-json", "the request body is empty; send a JSON document"));
     }
     let value: JsonValue = serde_json::from_slice(bytes).map_err(|err| {
         if err.to_string().contains("recursion limit") {
             too_deep()
         } else {
-            ApiError::bad_request(
-                "malformed-json",
-                format!("the body is not valid JSON: {err}"),
-            )
+            ApiError::bad_request("malformed-json", format!("the body is not valid JSON: {err}"))
         }
     })?;
     if crdt_json::depth(&value) > DEPTH_MAX {
@@ -208,27 +165,17 @@ fn too_deep() -> ApiError {
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<String>, ApiError> {
     match headers.get(&name) {
         None => Ok(None),
-        Some(value) => value.to_str().map(|s| Some(s.to_string())).map_err(|_| {
-            ApiError::bad_request(
-                "bad-header",
-                format!("the {name} header is not visible ASCII"),
-            )
-        }),
+        Some(value) => value
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| ApiError::bad_request("bad-header", format!("the {name} header is not visible ASCII"))),
     }
 }
 
 fn write_response(ack: WriteAck) -> Response {
-    let status = if ack.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if ack.created { StatusCode::CREATED } else { StatusCode::OK };
     let token = ack.token.to_string();
-    let body = WriteResponse {
-        id: ack.id.to_string(),
-        token: token.clone(),
-        hlc: ack.hlc.to_string(),
-    };
+    let body = WriteResponse { id: ack.id.to_string(), token: token.clone(), hlc: ack.hlc.to_string() };
     let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&token) {
@@ -247,9 +194,7 @@ fn write_response(ack: WriteAck) -> Response {
 
 /// Whether an `If-None-Match` list matches `etag` (weak comparison, RFC 9110).
 fn none_match(list: &str, etag: &str) -> bool {
-    list.split(',')
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+    list.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
 async fn get_doc<N: Node>(
@@ -291,10 +236,7 @@ async fn put_doc<N: Node>(
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
-                format!(
-                    "PUT needs Content-Type: application/json (got {})",
-                    other.unwrap_or("none")
-                ),
+                format!("PUT needs Content-Type: application/json (got {})", other.unwrap_or("none")),
             ))
         }
     }
@@ -356,14 +298,8 @@ async fn delete_doc<N: Node>(
 ) -> Result<Response, ApiError> {
     let id = doc_id(path)?;
     let if_match = header_text(&headers, header::IF_MATCH)?;
-    match state
-        .node
-        .write(id.clone(), WriteOp::Delete, if_match)
-        .await
-    {
-        Err(crate::NodeError::Write(meridian_crdt::WriteError::NotFound)) => {
-            Err(ApiError::doc_not_found(id.as_str()))
-        }
+    match state.node.write(id.clone(), WriteOp::Delete, if_match).await {
+        Err(crate::NodeError::Write(meridian_crdt::WriteError::NotFound)) => Err(ApiError::doc_not_found(id.as_str())),
         other => Ok(write_response(other?)),
     }
 }
@@ -373,10 +309,7 @@ async fn list_docs<N: Node>(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
-    if let Some(unknown) = params
-        .keys()
-        .find(|k| !matches!(k.as_str(), "prefix" | "limit" | "cursor"))
-    {
+    if let Some(unknown) = params.keys().find(|k| !matches!(k.as_str(), "prefix" | "limit" | "cursor")) {
         return Err(ApiError::bad_request(
             "bad-query",
             format!("unknown query parameter {unknown:?}; use prefix, limit and cursor"),
@@ -384,8 +317,7 @@ async fn list_docs<N: Node>(
     }
     let prefix = params.get("prefix").map(String::as_str).unwrap_or("");
     if !prefix.is_empty() {
-        DocId::new(prefix)
-            .map_err(|err| ApiError::bad_request("bad-query", format!("prefix: {err}")))?;
+        DocId::new(prefix).map_err(|err| ApiError::bad_request("bad-query", format!("prefix: {err}")))?;
     }
     let limit = match params.get("limit") {
         None => LIST_LIMIT_DEFAULT,
@@ -394,9 +326,7 @@ async fn list_docs<N: Node>(
             _ => {
                 return Err(ApiError::bad_request(
                     "bad-query",
-                    format!(
-                        "limit must be a whole number from 1 to {LIST_LIMIT_MAX}, got {text:?}"
-                    ),
+                    format!("limit must be a whole number from 1 to {LIST_LIMIT_MAX}, got {text:?}"),
                 ))
             }
         },
@@ -419,14 +349,87 @@ async fn list_docs<N: Node>(
     let mut ids = state.node.list(prefix, after.as_deref(), limit + 1)?;
     let next_cursor = if ids.len() > limit {
         ids.truncate(limit);
-        ids.last()
-            .map(|id| base64url::encode(id.as_str().as_bytes()))
+        ids.last().map(|id| base64url::encode(id.as_str().as_bytes()))
     } else {
         None
     };
-    Ok(Json(ListResponse {
-        ids: ids.into_iter().map(|id| id.to_string()).collect(),
-        next_cursor,
-    })
-    .into_response())
+    Ok(Json(ListResponse { ids: ids.into_iter().map(|id| id.to_string()).collect(), next_cursor }).into_response())
+}
+
+async fn cluster<N: Node>(State(state): State<AppState<N>>) -> Result<Json<JsonValue>, ApiError> {
+    Ok(Json(state.node.cluster()?))
+}
+
+/// Checks `Authorization: Bearer <token>` against the admin token. Without a
+/// configured token the admin endpoints do not exist (404), so probing them
+/// reveals nothing.
+fn require_admin<N>(state: &AppState<N>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "admin endpoints are off: start the node with --admin-token-file or MERIDIAN_ADMIN_TOKEN",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong")
+            .with_header(header::WWW_AUTHENTICATE, "Bearer")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin endpoints need Authorization: Bearer <admin token>",
+        )
+        .with_header(header::WWW_AUTHENTICATE, "Bearer")),
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn get_faults<N: Node>(
+    State(state): State<AppState<N>>,
+    headers: HeaderMap,
+) -> Result<Json<JsonValue>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.node.faults()?))
+}
+
+async fn post_fault<N: Node>(
+    State(state): State<AppState<N>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<JsonValue>, ApiError> {
+    require_admin(&state, &headers)?;
+    if media_type(&headers).as_deref() != Some("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "send the fault as Content-Type: application/json",
+        ));
+    }
+    let value = parse_json(&body_bytes(body)?)?;
+    let spec: crate::node::FaultSpec = serde_json::from_value(value).map_err(|err| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-fault",
+            format!("{err}; send {{\"peer_region\": \"eu-west\", \"delay_ms\": 40, \"jitter_ms\": 5, \"loss\": 0.01}} or {{\"peer_region\": \"eu-west\", \"cut\": true}}"),
+        )
+    })?;
+    Ok(Json(state.node.set_fault(spec)?))
+}
+
+async fn delete_faults<N: Node>(
+    State(state): State<AppState<N>>,
+    headers: HeaderMap,
+) -> Result<Json<JsonValue>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.node.clear_faults()?))
 }
