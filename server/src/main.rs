@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Make the certificates nodes use to authenticate each other.
     Certs {
         #[command(subcommand)]
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Certs { command } => run_certs(command),
         Command::Serve(args) => {
-            let config = match Config::resolve(args) {
+            let config = match Config::resolve(*args) {
                 Ok(config) => config,
                 Err(err) => {
                     eprintln!("meridian: {err}");

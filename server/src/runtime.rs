@@ -648,6 +648,12 @@ impl Node for NodeRuntime {
     }
 }
 
+/// A per-peer metric: name, type, help, and how to read it off a member.
+type PeerSeries = (&'static str, &'static str, &'static str, fn(&meridian_gossip::MemberStatus) -> f64);
+
+/// A state-transfer chunk waiting to be installed: documents, and on the last chunk what they cover.
+type TransferChunk = (Vec<(DocId, Vec<u8>)>, Option<VersionVector>);
+
 fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     use std::fmt::Write as _;
     let now = Instant::now();
@@ -755,7 +761,7 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     let paths =
         runtime.driver.get().map(|d| d.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
     let flags = runtime.shared.clock_flags.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let per_peer: [(&str, &str, &str, fn(&meridian_gossip::MemberStatus) -> f64); 7] = [
+    let per_peer: [PeerSeries; 7] = [
         ("meridian_peer_bytes_sent_total", "counter", "Frame bytes sent to the peer.", |m| m.stats.bytes_sent as f64),
         ("meridian_peer_bytes_received_total", "counter", "Frame bytes received from the peer.", |m| {
             m.stats.bytes_received as f64
@@ -911,7 +917,7 @@ struct StorageWorker {
 struct Received {
     local: Vec<ChangeRecord>,
     remote: Vec<ChangeRecord>,
-    snapshots: Vec<(Vec<(DocId, Vec<u8>)>, Option<VersionVector>)>,
+    snapshots: Vec<TransferChunk>,
 }
 
 impl StorageWorker {
@@ -940,8 +946,9 @@ impl StorageWorker {
             if self.commit_received(received).is_err() {
                 return;
             }
-            let due = !self.dirty.is_empty()
-                && (self.last_checkpoint.elapsed() >= self.checkpoint_interval || self.dirty.len() >= DIRTY_DOCS_MAX);
+            let interval_passed = self.last_checkpoint.elapsed() >= self.checkpoint_interval;
+            let due = (!self.dirty.is_empty() && (interval_passed || self.dirty.len() >= DIRTY_DOCS_MAX))
+                || (interval_passed && self.log_truncatable());
             if (due || self.shutdown_requested) && self.checkpoint().is_err() {
                 return;
             }
@@ -949,6 +956,24 @@ impl StorageWorker {
                 return;
             }
         }
+    }
+
+    /// Whether the log holds records that the snapshots and every member
+    /// already hold (peers' heartbeats may have caught up since the last checkpoint).
+    fn log_truncatable(&self) -> bool {
+        let core = lock(&self.shared);
+        let log = core.replica.log();
+        if log.is_empty() {
+            return false;
+        }
+        let points: Vec<(NodeId, u64)> = match &core.gossip {
+            Some(gossip) => gossip.truncation_point(&core.replica).into_iter().collect(),
+            None => self.checkpoint_vv.origins().map(|o| (o, u64::MAX)).collect(),
+        };
+        points.into_iter().any(|(origin, upto)| {
+            let upto = upto.min(self.checkpoint_vv.contiguous(origin));
+            log.first_seq(origin).is_some_and(|first| first <= upto)
+        })
     }
 
     /// Sorts one message into `received`; returns its change bytes.

@@ -77,7 +77,10 @@ impl InProcessNode {
     pub fn open(dir: &Path) -> InProcessNode {
         let config = Config::for_tests(dir);
         let runtime = Arc::new(NodeRuntime::open(&config).expect("open node"));
-        let router = router(runtime.clone(), WebConfig { body_limit_bytes: config.body_limit_bytes, admin_token: config.admin_token.clone() });
+        let router = router(
+            runtime.clone(),
+            WebConfig { body_limit_bytes: config.body_limit_bytes, admin_token: config.admin_token.clone() },
+        );
         InProcessNode { runtime, router, config }
     }
 
@@ -227,3 +230,99 @@ mod probe {
 }
 
 pub mod sim;
+
+/// A free UDP port on loopback (bound, read, released; a tiny race is acceptable in tests).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The admin token every test cluster uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// One node of a [`TestCluster`].
+pub struct ClusterNode {
+    /// Region (also its certificate name).
+    pub region: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// QUIC port, kept across restarts.
+    pub peer_port: u16,
+    /// Flags it was started with (reused on restart).
+    pub args: Vec<String>,
+    /// The running process, if any.
+    pub process: Option<NodeProcess>,
+}
+
+/// Real `meridian` processes replicating over loopback QUIC with real certificates.
+pub struct TestCluster {
+    /// Holds certificates, data and the admin token file.
+    pub dir: TempDir,
+    /// Certificate directory.
+    pub certs: PathBuf,
+    /// Nodes by index.
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl TestCluster {
+    /// Makes a CA and a certificate per region (nothing started yet).
+    pub fn new(name: &str, regions: &[&str]) -> TestCluster {
+        let dir = TempDir::new(name);
+        let certs = dir.path().join("certs");
+        meridian_server::certs::init(&certs).expect("certs init");
+        for region in regions {
+            meridian_server::certs::issue(&certs, region).expect("certs issue");
+        }
+        std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).expect("token file");
+        let nodes = regions
+            .iter()
+            .map(|region| ClusterNode {
+                region: region.to_string(),
+                data: dir.path().join(format!("data-{region}")),
+                peer_port: free_udp_port(),
+                args: Vec::new(),
+                process: None,
+            })
+            .collect();
+        TestCluster { dir, certs, nodes }
+    }
+
+    /// Starts node `i`, joining through `seeds`, with `extra` flags.
+    pub fn start(&mut self, i: usize, seeds: &[usize], extra: &[&str]) {
+        let mut args: Vec<String> = vec![
+            "--region".into(),
+            self.nodes[i].region.clone(),
+            "--certs".into(),
+            self.certs.display().to_string(),
+            "--listen-peer".into(),
+            format!("127.0.0.1:{}", self.nodes[i].peer_port),
+            "--admin-token-file".into(),
+            self.dir.path().join("admin.token").display().to_string(),
+        ];
+        for &seed in seeds {
+            args.push("--peer".into());
+            args.push(format!("127.0.0.1:{}", self.nodes[seed].peer_port));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.nodes[i].args = args;
+        self.restart(i);
+    }
+
+    /// Starts node `i` again with the flags it had.
+    pub fn restart(&mut self, i: usize) {
+        let args: Vec<&str> = self.nodes[i].args.iter().map(String::as_str).collect();
+        let process = NodeProcess::start(&self.nodes[i].data, &args);
+        self.nodes[i].process = Some(process);
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(process) = self.nodes[i].process.take() {
+            process.kill9();
+        }
+    }
+
+    /// Base URL of node `i`'s HTTP API.
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].process.as_ref().expect("node running").url.clone()
+    }
+}
