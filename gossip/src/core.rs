@@ -561,11 +561,12 @@ impl Gossip {
             self.counters.peers_refused += 1;
             return self.refuse(conn, Some(hello.me.node), claimed, reason, now);
         }
+        let node = hello.me.node;
         let state = self.inbound.entry(conn).or_default();
-        state.node = Some(hello.me.node);
+        state.node = Some(node);
         state.hello_seen.insert(stream);
         self.learn_member(hello.me, now);
-        if let Some(peer) = self.peers.get_mut(&state_node(&self.inbound, conn)) {
+        if let Some(peer) = self.peers.get_mut(&node) {
             peer.last_heard = Some(now);
         }
     }
@@ -973,8 +974,4 @@ impl Gossip {
     pub fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
         self.peers.get(&node).map(|p| p.info.addr)
     }
-}
-
-fn state_node(inbound: &HashMap<ConnId, Inbound>, conn: ConnId) -> NodeId {
-    inbound.get(&conn).and_then(|c| c.node).unwrap_or(NodeId(0))
 }
