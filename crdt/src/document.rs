@@ -38,6 +38,7 @@ use automerge::{
 use serde_json::{Map, Value as Json};
 
 use crate::change::ChangeMeta;
+use crate::hlc::Hlc;
 use crate::json::{self, Slot};
 use crate::patch::{PatchOp, Pointer};
 
@@ -156,6 +157,117 @@ impl Document {
     pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<(), DocumentError> {
         self.doc.apply_changes(changes)?;
         Ok(())
+    }
+
+    /// The document as of `heads`, or `None` if it did not exist then.
+    pub fn to_json_at(&self, heads: &[ChangeHash]) -> Option<Json> {
+        live_at(&self.doc, Some(heads)).then(|| json::read_object(&self.doc, &self.data, ObjType::Map, Some(heads)))
+    }
+
+    /// Whether the change with this hash is in the document.
+    pub fn has_change(&self, hash: &ChangeHash) -> bool {
+        self.doc.get_change_by_hash(hash).is_some()
+    }
+
+    /// The heads of the set of changes with HLC `<= at`: a causally closed set
+    /// because a change's HLC exceeds its dependencies'. Changes Meridian did
+    /// not stamp (genesis, deterministic counter creations) belong to the set
+    /// when all their dependencies do.
+    pub fn heads_at(&self, at: Hlc) -> Vec<ChangeHash> {
+        use std::collections::{BTreeSet, HashMap};
+        let metas = self.doc.get_changes_meta(&[]);
+        let by_hash: HashMap<ChangeHash, (Option<ChangeMeta>, Vec<ChangeHash>)> = metas
+            .iter()
+            .map(|m| (m.hash, (m.message.as_deref().and_then(ChangeMeta::from_message), m.deps.clone())))
+            .collect();
+        let mut included: HashMap<ChangeHash, bool> = HashMap::new();
+        for start in by_hash.keys() {
+            // Iterative post-order walk: a change is in the set if its own HLC
+            // qualifies and all its dependencies are in the set.
+            let mut stack = vec![(*start, false)];
+            while let Some((hash, expanded)) = stack.pop() {
+                if included.contains_key(&hash) {
+                    continue;
+                }
+                let Some((meta, deps)) = by_hash.get(&hash) else {
+                    included.insert(hash, false);
+                    continue;
+                };
+                if !expanded {
+                    stack.push((hash, true));
+                    stack.extend(deps.iter().filter(|d| !included.contains_key(*d)).map(|d| (*d, false)));
+                    continue;
+                }
+                let own = meta.is_none_or(|m| m.hlc <= at);
+                let deps_in = deps.iter().all(|d| included.get(d).copied().unwrap_or(false));
+                included.insert(hash, own && deps_in);
+            }
+        }
+        let members: BTreeSet<ChangeHash> = included.iter().filter(|(_, &inside)| inside).map(|(h, _)| *h).collect();
+        let named_as_dep: BTreeSet<ChangeHash> =
+            members.iter().flat_map(|h| by_hash.get(h).map(|(_, deps)| deps.clone()).unwrap_or_default()).collect();
+        members.difference(&named_as_dep).copied().collect()
+    }
+
+    /// Every change of the document with its Meridian metadata (None for the
+    /// genesis and counter-creation changes) and its encoded size.
+    pub fn history(&self) -> Vec<(ChangeHash, Option<ChangeMeta>, usize)> {
+        self.doc
+            .get_changes(&[])
+            .into_iter()
+            .map(|c| (c.hash(), c.message().and_then(ChangeMeta::from_message), c.raw_bytes().len()))
+            .collect()
+    }
+
+    /// Paths holding concurrent values: for each, every value with the
+    /// metadata of the change that wrote it, and which one reads return.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        self.collect_conflicts(&self.data, ObjType::Map, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect_conflicts(&self, obj: &ObjId, typ: ObjType, path: &mut Vec<String>, out: &mut Vec<Conflict>) {
+        if out.len() >= CONFLICTS_MAX || path.len() > crate::DEPTH_MAX {
+            return;
+        }
+        let props: Vec<automerge::Prop> = match typ {
+            ObjType::Map | ObjType::Table => self.doc.keys(obj).map(automerge::Prop::Map).collect(),
+            ObjType::List => (0..self.doc.length(obj)).map(automerge::Prop::Seq).collect(),
+            ObjType::Text => return,
+        };
+        for prop in props {
+            let token = match &prop {
+                automerge::Prop::Map(k) => k.clone(),
+                automerge::Prop::Seq(i) => i.to_string(),
+            };
+            path.push(token);
+            let all = self.doc.get_all(obj, prop.clone()).unwrap_or_default();
+            if all.len() > 1 {
+                let winner = self.doc.get(obj, prop.clone()).ok().flatten().map(|(_, id)| id);
+                let values = all
+                    .iter()
+                    .map(|(value, id)| {
+                        let meta = self
+                            .doc
+                            .hash_for_opid(id)
+                            .and_then(|h| self.doc.get_change_by_hash(&h))
+                            .and_then(|c| c.message().and_then(ChangeMeta::from_message));
+                        ConflictValue {
+                            value: json::read_value(&self.doc, value.clone(), id, None),
+                            meta,
+                            wins: winner.as_ref() == Some(id),
+                        }
+                    })
+                    .collect();
+                let pointer = crate::patch::Pointer { tokens: path.clone() }.to_string();
+                out.push(Conflict { path: pointer, values });
+            }
+            if let Ok(Some((AmValue::Object(child_type), child))) = self.doc.get(obj, prop) {
+                self.collect_conflicts(&child, child_type, path, out);
+            }
+            path.pop();
+        }
     }
 
     /// Merges another replica's copy of this document into this one.
@@ -293,6 +405,29 @@ impl Document {
         self.doc.apply_changes([change.clone()])?;
         Ok(Some(change))
     }
+}
+
+/// Most conflicts reported for one document.
+pub const CONFLICTS_MAX: usize = 1000;
+
+/// A path with concurrent values.
+#[derive(Clone, Debug)]
+pub struct Conflict {
+    /// JSON pointer of the member or element.
+    pub path: String,
+    /// The concurrent values.
+    pub values: Vec<ConflictValue>,
+}
+
+/// One of several concurrent values.
+#[derive(Clone, Debug)]
+pub struct ConflictValue {
+    /// The value.
+    pub value: Json,
+    /// Who wrote it and when (None for changes Meridian did not stamp).
+    pub meta: Option<ChangeMeta>,
+    /// Whether reads return this one.
+    pub wins: bool,
 }
 
 /// Whether `live` holds a value other than false (at `heads`, or now).

@@ -24,7 +24,7 @@ pub mod token;
 pub mod vv;
 
 pub use change::{ChangeMeta, ChangeRecord, RecordDecodeError};
-pub use document::{Document, DocumentError};
+pub use document::{Conflict, ConflictValue, Document, DocumentError};
 pub use hlc::{Hlc, HlcParseError};
 pub use ids::{DocId, DocIdError, NodeId, NodeIdParseError};
 pub use log::ChangeLog;

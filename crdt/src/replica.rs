@@ -117,6 +117,10 @@ pub struct Replica {
     last_seq: u64,
     /// XOR over documents of `term(id, heads)`, kept up to date on every change.
     digest: [u8; 32],
+    /// Records whose changes are all in their document (visible to reads).
+    applied: VersionVector,
+    /// Records held but not applied: automerge waits for a dependency.
+    pending: BTreeMap<(NodeId, u64), (DocId, Vec<automerge::ChangeHash>)>,
 }
 
 impl Replica {
@@ -131,6 +135,8 @@ impl Replica {
             log: ChangeLog::new(),
             last_seq: 0,
             digest: [0; 32],
+            applied: VersionVector::new(),
+            pending: BTreeMap::new(),
         }
     }
 
@@ -186,6 +192,7 @@ impl Replica {
         };
         self.track_existence(id, exists);
         self.vv.insert(self.node, meta.seq);
+        self.applied.insert(self.node, meta.seq);
         self.log.insert(record.clone());
         Ok(WriteReceipt { record, created: exists && !existed, etag })
     }
@@ -196,10 +203,12 @@ impl Replica {
     pub fn apply_records(&mut self, records: Vec<ChangeRecord>) -> ApplyOutcome {
         let mut outcome = ApplyOutcome::default();
         let mut per_doc: BTreeMap<DocId, Vec<Change>> = BTreeMap::new();
-        let mut accepted = Vec::new();
+        let mut accepted: Vec<(ChangeRecord, Vec<automerge::ChangeHash>)> = Vec::new();
         for record in records {
             let (origin, seq) = (record.meta.origin, record.meta.seq);
-            if self.vv.contains(origin, seq) {
+            if self.vv.contains(origin, seq)
+                || accepted.iter().any(|(r, _)| r.meta.origin == origin && r.meta.seq == seq)
+            {
                 outcome.duplicates += 1;
                 continue;
             }
@@ -207,26 +216,28 @@ impl Replica {
                 record.changes.iter().map(|bytes| Change::from_bytes(bytes.clone())).collect();
             match decoded {
                 Ok(changes) => {
+                    let hashes = changes.iter().map(Change::hash).collect();
                     per_doc.entry(record.doc.clone()).or_default().extend(changes);
-                    accepted.push(record);
+                    accepted.push((record, hashes));
                 }
                 Err(err) => outcome.rejected.push((origin, seq, err.to_string())),
             }
         }
+        let touched: Vec<DocId> = per_doc.keys().cloned().collect();
         for (id, changes) in per_doc {
             let state = Self::doc_entry(&mut self.docs, &mut self.all_ids, &id);
             if let Err(err) = state.doc.apply_changes(changes) {
                 // A change automerge cannot apply: refuse every record of this document's batch.
-                for record in accepted.iter().filter(|r| r.doc == id) {
+                for (record, _) in accepted.iter().filter(|(r, _)| r.doc == id) {
                     outcome.rejected.push((record.meta.origin, record.meta.seq, err.to_string()));
                 }
-                accepted.retain(|r| r.doc != id);
+                accepted.retain(|(r, _)| r.doc != id);
                 continue;
             }
             let exists = state.doc.exists();
             self.track_existence(&id, exists);
         }
-        for record in accepted {
+        for (record, hashes) in accepted {
             let (origin, seq) = (record.meta.origin, record.meta.seq);
             if origin == self.node {
                 self.last_seq = self.last_seq.max(seq);
@@ -235,10 +246,43 @@ impl Replica {
                 }
             }
             self.vv.insert(origin, seq);
+            // Received is not applied: automerge holds back a change whose
+            // dependencies are missing; it counts as applied once it is in.
+            self.pending.insert((origin, seq), (record.doc.clone(), hashes));
             self.log.insert(record);
             outcome.applied += 1;
         }
+        for id in touched {
+            self.settle_pending(&id);
+        }
         outcome
+    }
+
+    /// Moves records of `id` whose changes are now all in the document from
+    /// pending to applied.
+    fn settle_pending(&mut self, id: &DocId) {
+        let Some(state) = self.docs.get(id) else { return };
+        let settled: Vec<(NodeId, u64)> = self
+            .pending
+            .iter()
+            .filter(|(_, (doc, hashes))| doc == id && hashes.iter().all(|h| state.doc.has_change(h)))
+            .map(|(key, _)| *key)
+            .collect();
+        for (origin, seq) in settled {
+            self.pending.remove(&(origin, seq));
+            self.applied.insert(origin, seq);
+        }
+    }
+
+    /// Which changes are applied: visible to reads. Differs from
+    /// [`Replica::version_vector`] while automerge holds changes back.
+    pub fn applied_version_vector(&self) -> &VersionVector {
+        &self.applied
+    }
+
+    /// Records held but not yet applied (waiting for a dependency).
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
     }
 
     /// Installs a document loaded from a snapshot (recovery, state transfer).
@@ -261,6 +305,7 @@ impl Replica {
         }
         let exists = self.docs.get(&id).is_some_and(|s| s.doc.exists());
         self.track_existence(&id, exists);
+        self.settle_pending(&id);
         Ok(())
     }
 
@@ -282,6 +327,9 @@ impl Replica {
     /// snapshots), and that local sequence numbers continue after it.
     pub fn restore_version_vector(&mut self, vv: &VersionVector) {
         self.vv.merge(vv);
+        // Snapshots hold their changes: they are applied, not just received.
+        self.applied.merge(vv);
+        self.pending.retain(|(origin, seq), _| !vv.contains(*origin, *seq));
         self.last_seq = self.last_seq.max(self.vv.max(self.node));
     }
 

@@ -137,6 +137,23 @@ proptest! {
             prop_assert_eq!(heads_of(node), expected_heads.clone());
         }
         prop_assert_eq!(shuffled.version_vector(), in_order.version_vector());
+        // Once everything is delivered, everything received is applied.
+        prop_assert_eq!(shuffled.applied_version_vector(), shuffled.version_vector());
+        prop_assert_eq!(shuffled.pending_count(), 0);
+        // Snapshot reads: any cut in HLC order reads identically everywhere.
+        let hlcs: Vec<u64> = records.iter().map(|r| r.meta.hlc.wall_ns()).collect();
+        for &at in hlcs.iter().step_by(3) {
+            let at = Hlc::new(at, 0);
+            let read_at = |r: &Replica| r.document(&doc()).and_then(|s| s.doc.to_json_at(&s.doc.heads_at(at)));
+            prop_assert_eq!(read_at(&shuffled), read_at(&in_order));
+            for node in &nodes {
+                prop_assert_eq!(read_at(node), read_at(&in_order));
+            }
+        }
+        // Past every change, the snapshot is the current state.
+        let end = Hlc::new(u64::MAX / 2, 0);
+        let state = in_order.document(&doc()).unwrap();
+        prop_assert_eq!(state.doc.heads_at(end), state.doc.heads());
         // The incrementally kept digest agrees wherever the states agree.
         prop_assert_eq!(shuffled.digest(), in_order.digest());
         for node in &nodes {
@@ -271,4 +288,36 @@ fn counter_reads_as_number_and_put_applies_the_difference() {
     b.apply_records(vec![ra.record]);
     assert_eq!(json_of(&a), Some(json!({"views": 17})));
     assert_eq!(json_of(&b), Some(json!({"views": 17})));
+}
+
+#[test]
+fn a_change_held_back_for_a_missing_dependency_is_received_but_not_applied() {
+    let mut a = Replica::new(NodeId(1));
+    let first = a
+        .local_write(&doc(), &WriteOp::Put(json!({"v": 1}).as_object().unwrap().clone()), Hlc::new(1, 0), None)
+        .unwrap();
+    let second = a.local_write(&doc(), &WriteOp::MergePatch(json!({"v": 2})), Hlc::new(2, 0), None).unwrap();
+    let mut b = Replica::new(NodeId(2));
+    b.apply_records(vec![second.record]);
+    assert!(b.version_vector().contains(NodeId(1), 2), "received");
+    assert!(!b.applied_version_vector().contains(NodeId(1), 2), "not applied: its dependency is missing");
+    assert_eq!(b.pending_count(), 1);
+    b.apply_records(vec![first.record]);
+    assert_eq!(b.applied_version_vector().contiguous(NodeId(1)), 2);
+    assert_eq!(b.pending_count(), 0);
+    assert_eq!(json_of(&b), Some(json!({"v": 2})));
+}
+
+#[test]
+fn snapshot_reads_see_exactly_the_changes_up_to_a_time() {
+    let mut a = Replica::new(NodeId(1));
+    a.local_write(&doc(), &WriteOp::Put(json!({"v": 1}).as_object().unwrap().clone()), Hlc::new(100, 0), None).unwrap();
+    a.local_write(&doc(), &WriteOp::MergePatch(json!({"v": 2, "w": true})), Hlc::new(200, 0), None).unwrap();
+    a.local_write(&doc(), &WriteOp::Delete, Hlc::new(300, 0), None).unwrap();
+    let state = a.document(&doc()).unwrap();
+    let at = |t: u64| state.doc.to_json_at(&state.doc.heads_at(Hlc::new(t, 0)));
+    assert_eq!(at(50), None, "before creation the document did not exist");
+    assert_eq!(at(100), Some(json!({"v": 1})));
+    assert_eq!(at(250), Some(json!({"v": 2, "w": true})));
+    assert_eq!(at(300), None, "deleted at 300");
 }
