@@ -209,6 +209,17 @@ impl Document {
         members.difference(&named_as_dep).copied().collect()
     }
 
+    /// The highest HLC stamped on any of the document's changes.
+    pub fn max_hlc(&self) -> Hlc {
+        self.doc
+            .get_changes_meta(&[])
+            .iter()
+            .filter_map(|m| m.message.as_deref().and_then(ChangeMeta::from_message))
+            .map(|m| m.hlc)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Every change of the document with its Meridian metadata (None for the
     /// genesis and counter-creation changes) and its encoded size.
     pub fn history(&self) -> Vec<(ChangeHash, Option<ChangeMeta>, usize)> {

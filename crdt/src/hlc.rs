@@ -40,6 +40,23 @@ impl Hlc {
         Hlc(Timestamp { epoch: 0, time: WallNST::of_u64(wall_ns), count: logical })
     }
 
+    /// The next timestamp after this one (same wall time, counter + 1).
+    pub fn successor(&self) -> Hlc {
+        match self.logical().checked_add(1) {
+            Some(logical) => Hlc::new(self.wall_ns(), logical),
+            None => Hlc::new(self.wall_ns() + 1, 0),
+        }
+    }
+
+    /// The timestamp just before this one.
+    pub fn predecessor(&self) -> Hlc {
+        match (self.logical(), self.wall_ns()) {
+            (0, 0) => Hlc::zero(),
+            (0, wall) => Hlc::new(wall - 1, u32::MAX),
+            (logical, wall) => Hlc::new(wall, logical - 1),
+        }
+    }
+
     /// Wall-clock part, nanoseconds since the Unix epoch.
     pub fn wall_ns(&self) -> u64 {
         self.0.time.as_u64()
@@ -102,6 +119,13 @@ impl fmt::Display for Hlc {
 impl fmt::Debug for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+impl Default for Hlc {
+    /// The zero timestamp.
+    fn default() -> Self {
+        Hlc::zero()
     }
 }
 

@@ -102,6 +102,8 @@ pub struct DocState {
     pub last_local_seq: u64,
     /// This document's term in the replica digest.
     digest_term: [u8; 32],
+    /// Highest HLC of any change applied to this document.
+    pub max_hlc: Hlc,
 }
 
 /// Every document of one node, with its version vector and log.
@@ -169,6 +171,10 @@ impl Replica {
                 return Err(WriteError::PreconditionFailed { current: existed.then(|| state.doc.etag()) });
             }
         }
+        // A change's HLC must exceed its dependencies' even when our clock
+        // lags a peer (one beyond the maximum offset cannot move our clock):
+        // snapshot reads rely on HLC order respecting causality.
+        let hlc = hlc.max(state.max_hlc.successor());
         let meta = ChangeMeta { origin: self.node, seq: self.last_seq + 1, hlc };
         let changes = match op {
             WriteOp::Put(object) => state.doc.put(object, &meta)?,
@@ -183,6 +189,7 @@ impl Replica {
         };
         self.last_seq = meta.seq;
         state.last_local_seq = meta.seq;
+        state.max_hlc = meta.hlc;
         let etag = state.doc.etag();
         let exists = state.doc.exists();
         let record = ChangeRecord {
@@ -245,6 +252,9 @@ impl Replica {
                     state.last_local_seq = state.last_local_seq.max(seq);
                 }
             }
+            if let Some(state) = self.docs.get_mut(&record.doc) {
+                state.max_hlc = state.max_hlc.max(record.meta.hlc);
+            }
             self.vv.insert(origin, seq);
             // Received is not applied: automerge holds back a change whose
             // dependencies are missing; it counts as applied once it is in.
@@ -289,7 +299,8 @@ impl Replica {
     pub fn insert_document(&mut self, id: DocId, doc: Document) {
         self.all_ids.insert(id.as_str().to_string());
         let exists = doc.exists();
-        self.docs.insert(id.clone(), DocState { doc, last_local_seq: 0, digest_term: [0; 32] });
+        let max_hlc = doc.max_hlc();
+        self.docs.insert(id.clone(), DocState { doc, last_local_seq: 0, digest_term: [0; 32], max_hlc });
         self.track_existence(&id, exists);
     }
 
@@ -297,7 +308,10 @@ impl Replica {
     /// merge: idempotent, order-independent).
     pub fn merge_document(&mut self, id: DocId, mut other: Document) -> Result<(), DocumentError> {
         match self.docs.get_mut(&id) {
-            Some(state) => state.doc.merge(&mut other)?,
+            Some(state) => {
+                state.max_hlc = state.max_hlc.max(other.max_hlc());
+                state.doc.merge(&mut other)?
+            }
             None => {
                 self.insert_document(id.clone(), other);
                 return Ok(());
@@ -394,6 +408,7 @@ impl Replica {
             doc: Document::new(),
             last_local_seq: 0,
             digest_term: [0; 32],
+            max_hlc: Hlc::zero(),
         })
     }
 

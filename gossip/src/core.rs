@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use meridian_crdt::{ChangeRecord, DocId, Hlc, NodeId, Replica, SeqRange, VersionVector};
 
 use crate::message::{
-    DecodeError, Heartbeat, Hello, MemberInfo, Message, SnapshotChunk, MEMBERS_MAX, PROTOCOL_VERSION,
+    Closed, DecodeError, Heartbeat, Hello, MemberInfo, Message, SnapshotChunk, MEMBERS_MAX, PROTOCOL_VERSION,
 };
 
 /// Identifies one QUIC connection; assigned by the driver.
@@ -219,6 +219,11 @@ pub struct PeerStats {
 
 struct Peer {
     info: MemberInfo,
+    /// Per origin, the prefix of changes the peer has applied (from heartbeats).
+    applied: BTreeMap<NodeId, u64>,
+    /// When we first learned of each advance of `applied`: (origin, new prefix, our wall ns).
+    receipts: VecDeque<(NodeId, u64, u64)>,
+    digest: Option<[u8; 32]>,
     last_heard: Option<Instant>,
     vv: VersionVector,
     hlc: Option<Hlc>,
@@ -303,6 +308,10 @@ pub struct MemberStatus {
     pub queue_bytes: usize,
     /// Counters.
     pub stats: PeerStats,
+    /// Per origin, the prefix of changes it has applied.
+    pub applied: BTreeMap<NodeId, u64>,
+    /// Its state digest, from its last heartbeat.
+    pub digest: Option<[u8; 32]>,
 }
 
 /// The protocol state machine.
@@ -320,7 +329,15 @@ pub struct Gossip {
     refusals: VecDeque<Refusal>,
     counters: Counters,
     next_transfer_id: u64,
+    /// Closed timestamps known per origin (ours too), oldest first, bounded.
+    closed: BTreeMap<NodeId, VecDeque<Closed>>,
 }
+
+/// Closed timestamps kept per origin: enough that one whose changes are
+/// applied here is usually still at hand while newer ones wait.
+const CLOSED_KEPT: usize = 256;
+/// Receipt transitions kept per member.
+const RECEIPTS_KEPT: usize = 8192;
 
 const REFUSALS_KEPT: usize = 16;
 
@@ -341,6 +358,7 @@ impl Gossip {
             refusals: VecDeque::new(),
             counters: Counters::default(),
             next_transfer_id: 1,
+            closed: BTreeMap::new(),
             config,
         };
         for seed in gossip.config.seeds.clone() {
@@ -591,6 +609,9 @@ impl Gossip {
                     info.node,
                     Peer {
                         info,
+                        applied: BTreeMap::new(),
+                        receipts: VecDeque::new(),
+                        digest: None,
                         last_heard: None,
                         vv: VersionVector::new(),
                         hlc: None,
@@ -643,7 +664,20 @@ impl Gossip {
 
     fn handle_heartbeat(&mut self, now: Instant, wall_ns: u64, from: NodeId, heartbeat: Heartbeat, replica: &Replica) {
         let offset_ms = (heartbeat.hlc.wall_ns() as i128 - wall_ns as i128) / 1_000_000;
+        for closed in &heartbeat.closed {
+            self.note_closed(*closed);
+        }
         if let Some(peer) = self.peers.get_mut(&from) {
+            for &(origin, seq) in &heartbeat.applied {
+                let previous = peer.applied.insert(origin, seq).unwrap_or(0);
+                if seq > previous {
+                    peer.receipts.push_back((origin, seq, wall_ns));
+                    if peer.receipts.len() > RECEIPTS_KEPT {
+                        peer.receipts.pop_front();
+                    }
+                }
+            }
+            peer.digest = Some(heartbeat.digest);
             peer.vv = heartbeat.vv;
             peer.hlc = Some(heartbeat.hlc);
             peer.offset_ms = offset_ms as i64;
@@ -847,8 +881,34 @@ impl Gossip {
         }
     }
 
-    /// Timers: heartbeats, linger flushes, dials, catch-up pacing.
-    pub fn handle_timeout(&mut self, now: Instant, hlc: Hlc, replica: &Replica) {
+    /// Records a closed timestamp, keeping per origin an increasing, bounded history.
+    fn note_closed(&mut self, closed: Closed) {
+        let history = self.closed.entry(closed.origin).or_default();
+        if history.back().is_some_and(|last| last.t >= closed.t) {
+            return;
+        }
+        history.push_back(closed);
+        if history.len() > CLOSED_KEPT {
+            history.pop_front();
+        }
+    }
+
+    /// The newest closed timestamp of `origin` whose changes up to `n` are
+    /// all applied here (`applied_prefix`): origin is closed up to its `t` here.
+    pub fn effective_closed(&self, origin: NodeId, applied_prefix: u64) -> Option<Closed> {
+        self.closed.get(&origin)?.iter().rev().find(|c| c.n <= applied_prefix).copied()
+    }
+
+    /// When we first learned that `member` had applied `origin`'s change `seq` (our wall ns).
+    pub fn receipt(&self, member: NodeId, origin: NodeId, seq: u64) -> Option<u64> {
+        let peer = self.peers.get(&member)?;
+        peer.receipts.iter().find(|(o, prefix, _)| *o == origin && *prefix >= seq).map(|(_, _, at)| *at)
+    }
+
+    /// Timers: heartbeats, linger flushes, dials, catch-up pacing. `closed`
+    /// is this node's own closed timestamp, computed by the caller.
+    pub fn handle_timeout(&mut self, now: Instant, hlc: Hlc, closed: Closed, replica: &Replica) {
+        self.note_closed(closed);
         self.flush_live(now, false);
         for (addr, dial) in self.dials.iter_mut() {
             if dial.conn.is_none() && !dial.dialing && dial.next_attempt <= now {
@@ -872,13 +932,16 @@ impl Gossip {
 
     fn heartbeat(&self, hlc: Hlc, replica: &Replica) -> Heartbeat {
         let vv = replica.version_vector().clone();
+        let applied_vv = replica.applied_version_vector();
+        let applied = applied_vv.origins().map(|o| (o, applied_vv.contiguous(o))).collect();
+        let closed = self.closed.values().filter_map(|h| h.back().copied()).take(MEMBERS_MAX).collect();
         let log_floor = vv
             .origins()
             .map(|origin| (origin, replica.log().first_seq(origin).unwrap_or(vv.contiguous(origin) + 1)))
             .collect();
         let mut members: Vec<MemberInfo> = vec![self.me()];
         members.extend(self.peers.values().map(|p| p.info.clone()).take(MEMBERS_MAX - 1));
-        Heartbeat { hlc, vv, log_floor, members }
+        Heartbeat { hlc, vv, log_floor, members, applied, closed, digest: replica.digest() }
     }
 
     /// The next frame to write.
@@ -947,6 +1010,8 @@ impl Gossip {
                     last_dial_error: dial.and_then(|d| d.last_error.clone()),
                     queue_bytes: peer.pending_bytes,
                     stats: peer.stats.clone(),
+                    applied: peer.applied.clone(),
+                    digest: peer.digest,
                 }
             })
             .collect()

@@ -39,6 +39,8 @@ pub struct Clocks {
     pub wall_ns: u64,
     /// A fresh HLC timestamp.
     pub hlc: Hlc,
+    /// This node's closed timestamp now.
+    pub closed: crate::message::Closed,
 }
 
 /// The node, as the driver sees it.
@@ -193,7 +195,7 @@ impl<H: Host> Driver<H> {
                 }
                 Some(event) = events_rx.recv() => self.handle_net_event(event, &events_tx),
                 _ = sleep => {
-                    self.host.with_core(|gossip, replica, clocks| gossip.handle_timeout(clocks.now, clocks.hlc, replica));
+                    self.host.with_core(|gossip, replica, clocks| gossip.handle_timeout(clocks.now, clocks.hlc, clocks.closed, replica));
                 }
                 _ = self.wake.notified() => {}
                 _ = stats_tick.tick() => self.refresh_paths(),

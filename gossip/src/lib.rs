@@ -19,4 +19,4 @@ pub mod driver;
 pub mod link;
 
 pub use crate::core::{ConnId, Event, FrameError, Gossip, GossipConfig, MemberStatus, PeerState, StreamKind, Transmit};
-pub use message::{Message, FRAME_BYTES_MAX, PROTOCOL_VERSION};
+pub use message::{Closed, Message, FRAME_BYTES_MAX, PROTOCOL_VERSION};

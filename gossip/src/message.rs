@@ -63,6 +63,26 @@ pub struct Heartbeat {
     pub log_floor: Vec<(NodeId, u64)>,
     /// Every member the sender knows, itself included.
     pub members: Vec<MemberInfo>,
+    /// Per origin, the prefix of its changes the sender has *applied* (not
+    /// just received): what freshness, receipts and convergence speak of.
+    pub applied: Vec<(NodeId, u64)>,
+    /// Closed timestamps: the sender's own and the latest it knows for
+    /// third origins, so they survive partial partitions.
+    pub closed: Vec<Closed>,
+    /// The sender's state digest.
+    pub digest: [u8; 32],
+}
+
+/// An origin's closed timestamp: every change of `origin` with HLC <= `t`
+/// has sequence <= `n`, and no later change of it gets an HLC <= `t`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// The origin.
+    pub origin: NodeId,
+    /// Closed up to this time.
+    pub t: Hlc,
+    /// Every change at or before `t` has a sequence number at most this.
+    pub n: u64,
 }
 
 /// A chunk of a state transfer: whole documents, and on the last chunk the
@@ -156,6 +176,18 @@ impl Message {
                 for member in &hb.members {
                     put_member(out, member);
                 }
+                write_varint(out, hb.applied.len() as u64);
+                for (origin, seq) in &hb.applied {
+                    out.extend_from_slice(&origin.0.to_be_bytes());
+                    write_varint(out, *seq);
+                }
+                write_varint(out, hb.closed.len() as u64);
+                for closed in &hb.closed {
+                    out.extend_from_slice(&closed.origin.0.to_be_bytes());
+                    out.extend_from_slice(&closed.t.to_bytes());
+                    write_varint(out, closed.n);
+                }
+                out.extend_from_slice(&hb.digest);
             }
             Message::Changes(records) => {
                 out.push(TAG_CHANGES);
@@ -209,7 +241,20 @@ impl Message {
                 for _ in 0..count {
                     members.push(r.member()?);
                 }
-                Message::Heartbeat(Heartbeat { hlc, vv, log_floor, members })
+                let count = r.count(VV_RANGES_MAX, "applied")?;
+                let mut applied = Vec::with_capacity(count.min(64));
+                for _ in 0..count {
+                    applied.push((r.node()?, r.varint()?));
+                }
+                let count = r.count(MEMBERS_MAX, "closed timestamps")?;
+                let mut closed = Vec::with_capacity(count.min(64));
+                for _ in 0..count {
+                    let origin = r.node()?;
+                    let t = Hlc::from_bytes(r.take(12)?.try_into().expect("12 bytes"));
+                    closed.push(Closed { origin, t, n: r.varint()? });
+                }
+                let digest = r.take(32)?.try_into().expect("32 bytes");
+                Message::Heartbeat(Heartbeat { hlc, vv, log_floor, members, applied, closed, digest })
             }
             TAG_CHANGES => {
                 let count = r.count(RECORDS_PER_MESSAGE_MAX, "records")?;
@@ -357,6 +402,9 @@ mod tests {
                 vv: vv.clone(),
                 log_floor: vec![(NodeId(9), 3)],
                 members: vec![member],
+                applied: vec![(NodeId(9), 40)],
+                closed: vec![Closed { origin: NodeId(9), t: Hlc::new(4, 0), n: 40 }],
+                digest: [7; 32],
             }),
             Message::Changes(vec![ChangeRecord {
                 meta: ChangeMeta { origin: NodeId(9), seq: 4, hlc: Hlc::new(1, 0) },

@@ -29,7 +29,7 @@
 //! **Checkpoints.** See [`StorageWorker::checkpoint`]: records first, then
 //! snapshots, then truncation below what the snapshots and every member hold.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -40,9 +40,9 @@ use hybrid_clocks::{Clock, WallNS};
 use meridian_crdt::{ChangeRecord, DocId, Document, Hlc, NodeId, Replica, Token, VersionVector, WriteOp};
 use meridian_gossip::driver::{self, Clocks, DriverConfig, DriverHandle, Host};
 use meridian_gossip::link::{LinkEmulator, LinkFault};
-use meridian_gossip::{Event, Gossip, GossipConfig};
+use meridian_gossip::{Closed, Event, Gossip, GossipConfig};
 use meridian_web::metrics::{escape_label, header, Histogram};
-use meridian_web::{DocRead, FaultSpec, Node, NodeError, WriteAck};
+use meridian_web::{DocRead, FaultSpec, Freshness, Lag, Node, NodeError, ReadOptions, WriteAck};
 use serde_json::{json, Value as Json};
 use tokio::sync::{watch, Notify, Semaphore};
 
@@ -94,6 +94,98 @@ struct Core {
     tickets_sent: u64,
     clock: Clock<WallNS>,
     gossip: Option<Gossip>,
+    /// Local writes applied but not yet durable, in sequence (and HLC) order.
+    in_flight: VecDeque<(u64, Hlc)>,
+    /// Highest local sequence number known durable.
+    durable_seq: u64,
+    /// When this node applied each advance of an origin's prefix: (origin, prefix, wall ns).
+    receipts: VecDeque<(NodeId, u64, u64)>,
+}
+
+/// Receipt transitions kept for this node.
+const RECEIPTS_KEPT: usize = 65_536;
+
+impl Core {
+    /// This node's closed timestamp: every local change with HLC <= `t` has
+    /// sequence <= `n`, and no later change gets an HLC <= `t`. Writes take
+    /// their HLC and sequence number together under this lock, so `t` is just
+    /// below the oldest write still in flight (or now, with none), and `n` is
+    /// the last durable sequence number.
+    fn closed(&mut self) -> Closed {
+        let origin = self.replica.node();
+        match self.in_flight.front() {
+            Some(&(_, hlc)) => Closed { origin, t: hlc.predecessor(), n: self.durable_seq },
+            None => {
+                let now = self.clock.now().map(Hlc::from).unwrap_or_else(|_| Hlc::new(wall_ns(), 0));
+                Closed { origin, t: now, n: self.replica.last_seq() }
+            }
+        }
+    }
+
+    /// Notes advances of the applied prefixes (for receipts).
+    fn note_applied(&mut self, before: &BTreeMap<NodeId, u64>) {
+        let now = wall_ns();
+        let applied = self.replica.applied_version_vector();
+        let advances: Vec<(NodeId, u64)> = applied
+            .origins()
+            .map(|o| (o, applied.contiguous(o)))
+            .filter(|(o, prefix)| before.get(o).copied().unwrap_or(0) < *prefix)
+            .collect();
+        for (origin, prefix) in advances {
+            self.receipts.push_back((origin, prefix, now));
+            if self.receipts.len() > RECEIPTS_KEPT {
+                self.receipts.pop_front();
+            }
+        }
+    }
+
+    fn applied_prefixes(&self) -> BTreeMap<NodeId, u64> {
+        let applied = self.replica.applied_version_vector();
+        applied.origins().map(|o| (o, applied.contiguous(o))).collect()
+    }
+
+    /// Region of a node, as far as this node knows.
+    fn region_of(&self, node: NodeId, own_region: &str) -> String {
+        if node == self.replica.node() {
+            return own_region.to_string();
+        }
+        self.gossip
+            .as_ref()
+            .and_then(|g| g.members(Instant::now()).into_iter().find(|m| m.info.node == node).map(|m| m.info.region))
+            .unwrap_or_else(|| node.to_string())
+    }
+
+    /// How fresh this replica is now: per-member staleness from closed
+    /// timestamps whose changes are applied here; safe time is their minimum
+    /// (ours is now). Measured on the local wall clock, so under a partition
+    /// staleness keeps growing at wall-clock rate.
+    fn freshness(&mut self, durable_seq: u64) -> Freshness {
+        let now_ns = wall_ns();
+        let own = self.replica.node();
+        let mut safe_time = Hlc::new(now_ns, 0);
+        let mut per_region = Vec::new();
+        let applied = self.replica.applied_version_vector();
+        if let Some(gossip) = &self.gossip {
+            for member in gossip.members(Instant::now()) {
+                let node = member.info.node;
+                let closed = gossip.effective_closed(node, applied.contiguous(node)).map(|c| c.t).unwrap_or_default();
+                let staleness_ms = now_ns.saturating_sub(closed.wall_ns()) / 1_000_000;
+                per_region.push((member.info.region.clone(), staleness_ms));
+                safe_time = safe_time.min(closed);
+            }
+        }
+        let mut token = Token::default();
+        for origin in applied.origins() {
+            let mut seq = applied.contiguous(origin);
+            if origin == own {
+                seq = seq.min(durable_seq);
+            }
+            if seq > 0 {
+                token.entries.insert(origin, seq);
+            }
+        }
+        Freshness { staleness_ms: now_ns.saturating_sub(safe_time.wall_ns()) / 1_000_000, per_region, safe_time, token }
+    }
 }
 
 /// Node-level metrics (the HTTP ones live in the web crate).
@@ -115,6 +207,8 @@ struct NodeMetrics {
 
 struct Shared {
     core: Mutex<Core>,
+    /// Bumped whenever applied state or closed timestamps move: readers waiting for `after` or `at` re-check.
+    progress: watch::Sender<u64>,
     metrics: NodeMetrics,
     /// Wakes the replication driver when there is something to send.
     wake: OnceLock<Arc<Notify>>,
@@ -134,6 +228,11 @@ fn wall_ns() -> u64 {
 }
 
 impl Shared {
+    /// Tells waiting readers that something they may wait for has moved.
+    fn bump(&self) {
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Observes a peer's timestamp unless it is further ahead of our wall
     /// clock than the limit: such a peer must not drag our clock forward.
     fn observe(&self, core: &mut Core, hlc: Hlc) {
@@ -209,8 +308,17 @@ impl NodeRuntime {
         let local_seq = replica.last_seq();
         let max_clock_offset = config.replication.as_ref().map_or(Duration::from_millis(500), |r| r.max_clock_offset);
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core { replica, tickets_sent: 0, clock, gossip: None }),
+            core: Mutex::new(Core {
+                replica,
+                tickets_sent: 0,
+                clock,
+                gossip: None,
+                in_flight: VecDeque::new(),
+                durable_seq: local_seq,
+                receipts: VecDeque::new(),
+            }),
             metrics: NodeMetrics::default(),
+            progress: watch::channel(0).0,
             wake: OnceLock::new(),
             clock_flags: Mutex::new(BTreeMap::new()),
             max_clock_offset,
@@ -379,7 +487,13 @@ impl NodeRuntime {
             let mut core = lock(&self.shared);
             let hlc: Hlc =
                 core.clock.now().map_err(|err| NodeError::Unavailable(format!("cannot read the clock: {err}")))?.into();
+            let before = core.applied_prefixes();
             let receipt = core.replica.local_write(&id, &op, hlc, if_match.as_deref())?;
+            // The replica may have stamped a later HLC (causality within the
+            // document); the clock must never issue one below it.
+            core.clock.observe(&receipt.record.meta.hlc.inner());
+            core.in_flight.push_back((receipt.record.meta.seq, receipt.record.meta.hlc));
+            core.note_applied(&before);
             core.tickets_sent += 1;
             let ticket = core.tickets_sent;
             // Sent under the lock, so the storage thread sees records in sequence order.
@@ -400,32 +514,162 @@ impl NodeRuntime {
         })
     }
 
-    async fn read_inner(&self, id: DocId) -> Result<Option<DocRead>, NodeError> {
+    async fn read_inner(&self, id: DocId, options: ReadOptions) -> Result<Option<DocRead>, NodeError> {
         if let Some(err) = self.unavailable() {
             return Err(err);
         }
-        let (json, etag, last_local, token) = {
-            let core = lock(&self.shared);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + options.wait;
+        let mut progress = self.shared.progress.subscribe();
+        // `after`: wait until every change the token names is applied here.
+        if let Some(token) = &options.after {
+            loop {
+                let lags = self.lags_after(token);
+                if lags.is_empty() {
+                    break;
+                }
+                if !self.wait_progress(&mut progress, deadline).await {
+                    return Err(NodeError::Behind {
+                        waited_ms: started.elapsed().as_millis() as u64,
+                        lags: self.lags_after(token),
+                    });
+                }
+            }
+        }
+        // `at`: wait until `at` is at or below safe time, so the snapshot is complete.
+        if let Some(at) = options.at {
+            loop {
+                let lags = self.lags_at(at);
+                if lags.is_empty() {
+                    break;
+                }
+                if !self.wait_progress(&mut progress, deadline).await {
+                    return Err(NodeError::Behind {
+                        waited_ms: started.elapsed().as_millis() as u64,
+                        lags: self.lags_at(at),
+                    });
+                }
+            }
+        }
+        let (json, etag, last_local, freshness) = {
+            let mut core = lock(&self.shared);
+            let durable = self.durable.borrow().local_seq;
+            let freshness = core.freshness(durable);
+            if let Some(limit) = options.max_staleness_ms {
+                if freshness.staleness_ms > limit {
+                    return Err(NodeError::TooStale {
+                        staleness_ms: freshness.staleness_ms,
+                        limit_ms: limit,
+                        per_region: freshness.per_region,
+                    });
+                }
+            }
             let Some(state) = core.replica.document(&id) else {
                 return Ok(None);
             };
-            let durable = self.durable.borrow().local_seq;
-            let vv = core.replica.version_vector();
-            let mut token = Token::default();
-            for origin in vv.origins() {
-                let mut seq = vv.contiguous(origin);
-                if origin == self.node_id {
-                    seq = seq.min(durable.max(state.last_local_seq));
+            let (json, etag) = match options.at {
+                Some(at) => {
+                    let heads = state.doc.heads_at(at);
+                    let digest = meridian_crdt::document::heads_digest(&heads);
+                    (state.doc.to_json_at(&heads), format!("\"{}\"", hex(&digest[..12])))
                 }
-                if seq > 0 {
-                    token.entries.insert(origin, seq);
-                }
-            }
-            (state.doc.to_json(), state.doc.etag(), state.last_local_seq, token)
+                None => (state.doc.to_json(), state.doc.etag()),
+            };
+            (json, etag, state.last_local_seq, freshness)
         };
         // The snapshot may hold local changes not yet durable: answer only once they are.
         self.wait_durable(last_local).await?;
-        Ok(json.map(|json| DocRead { json, etag, token }))
+        Ok(json.map(|json| DocRead { json, etag, freshness }))
+    }
+
+    /// Waits for applied state or closed timestamps to move; false at the deadline.
+    async fn wait_progress(&self, progress: &mut watch::Receiver<u64>, deadline: tokio::time::Instant) -> bool {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // Closed timestamps also advance with time alone (our own is "now"), so re-check at least every 10 ms.
+        let tick = tokio::time::Instant::now() + Duration::from_millis(10);
+        let _ = tokio::time::timeout_at(deadline.min(tick), progress.changed()).await;
+        true
+    }
+
+    /// What this replica still lacks of `token`'s changes, by origin.
+    fn lags_after(&self, token: &Token) -> Vec<Lag> {
+        let core = lock(&self.shared);
+        let applied = core.replica.applied_version_vector();
+        token
+            .entries
+            .iter()
+            .filter(|(origin, seq)| applied.contiguous(**origin) < **seq)
+            .map(|(origin, seq)| Lag {
+                region: core.region_of(*origin, &self.region),
+                needed: format!("change {seq}"),
+                have: format!("changes up to {}", applied.contiguous(*origin)),
+                behind_ms: None,
+            })
+            .collect()
+    }
+
+    /// Members whose effective closed timestamp is still below `at`.
+    fn lags_at(&self, at: Hlc) -> Vec<Lag> {
+        let mut core = lock(&self.shared);
+        let durable = self.durable.borrow().local_seq;
+        let freshness = core.freshness(durable);
+        if freshness.safe_time >= at {
+            return Vec::new();
+        }
+        let Some(gossip) = &core.gossip else { return Vec::new() };
+        let applied = core.replica.applied_version_vector();
+        gossip
+            .members(Instant::now())
+            .into_iter()
+            .filter_map(|member| {
+                let node = member.info.node;
+                let closed = gossip.effective_closed(node, applied.contiguous(node)).map(|c| c.t).unwrap_or_default();
+                (closed < at).then(|| Lag {
+                    region: member.info.region.clone(),
+                    needed: format!("closed at {at}"),
+                    have: format!("closed at {closed}"),
+                    behind_ms: Some(at.wall_ns().saturating_sub(closed.wall_ns()) / 1_000_000),
+                })
+            })
+            .collect()
+    }
+
+    fn receipt_json(&self, token: &Token) -> Json {
+        let core = lock(&self.shared);
+        let now = Instant::now();
+        let applied = core.replica.applied_version_vector();
+        let iso = |ns: u64| Hlc::new(ns, 0).to_string();
+        let mut regions = Vec::new();
+        for (&origin, &seq) in &token.entries {
+            let own_receipt =
+                core.receipts.iter().find(|(o, prefix, _)| *o == origin && *prefix >= seq).map(|(_, _, at)| *at);
+            let mut rows = vec![json!({
+                "region": self.region,
+                "node": self.node_id.to_string(),
+                "applied": applied.contiguous(origin) >= seq,
+                "learned_at": own_receipt.map(iso),
+            })];
+            if let Some(gossip) = &core.gossip {
+                for member in gossip.members(now) {
+                    let prefix = member.applied.get(&origin).copied().unwrap_or(0);
+                    rows.push(json!({
+                        "region": member.info.region,
+                        "node": member.info.node.to_string(),
+                        "applied": prefix >= seq,
+                        "learned_at": gossip.receipt(member.info.node, origin, seq).map(iso),
+                    }));
+                }
+            }
+            regions.push(json!({
+                "origin": core.region_of(origin, &self.region),
+                "origin_node": origin.to_string(),
+                "seq": seq,
+                "regions": rows,
+            }));
+        }
+        json!({ "writes": regions })
     }
 
     fn set_fault_inner(&self, spec: FaultSpec) -> Result<Json, NodeError> {
@@ -537,6 +781,54 @@ impl NodeRuntime {
                     .collect()
             })
             .unwrap_or_default();
+        // Convergence matrix: rows are replicas, columns origins; each cell
+        // how far the replica has applied the origin, as a sequence number and
+        // as staleness (now minus the newest closed timestamp those changes cover).
+        let now_ns = wall_ns();
+        let own_applied = replica.applied_version_vector();
+        let mut origins: Vec<(NodeId, String)> = vec![(self.node_id, self.region.clone())];
+        origins.extend(members.iter().map(|m| (m.info.node, m.info.region.clone())));
+        let cell = |prefix: u64, origin: NodeId, is_self_origin: bool| {
+            let staleness_ms = if is_self_origin {
+                0
+            } else {
+                let closed = core
+                    .gossip
+                    .as_ref()
+                    .and_then(|g| g.effective_closed(origin, prefix))
+                    .map(|c| c.t)
+                    .unwrap_or_default();
+                now_ns.saturating_sub(closed.wall_ns()) / 1_000_000
+            };
+            json!({ "seq": prefix, "staleness_ms": staleness_ms })
+        };
+        let mut matrix = Vec::new();
+        let row: serde_json::Map<String, Json> = origins
+            .iter()
+            .map(|(origin, region)| {
+                (region.clone(), cell(own_applied.contiguous(*origin), *origin, *origin == self.node_id))
+            })
+            .collect();
+        matrix.push(json!({ "replica": self.region, "origins": row }));
+        for member in &members {
+            let row: serde_json::Map<String, Json> = origins
+                .iter()
+                .map(|(origin, region)| {
+                    let prefix = member.applied.get(origin).copied().unwrap_or(0);
+                    (region.clone(), cell(prefix, *origin, *origin == member.info.node))
+                })
+                .collect();
+            matrix.push(json!({ "replica": member.info.region, "state": member.state.as_str(), "origins": row }));
+        }
+        let own_prefixes: BTreeMap<NodeId, u64> =
+            own_applied.origins().map(|o| (o, own_applied.contiguous(o))).collect();
+        let own_digest = replica.digest();
+        let converged = members.iter().filter(|m| m.state != meridian_gossip::PeerState::Down).all(|m| {
+            let theirs: BTreeMap<NodeId, u64> =
+                m.applied.iter().filter(|(_, &p)| p > 0).map(|(o, p)| (*o, *p)).collect();
+            theirs == own_prefixes && m.digest == Some(own_digest)
+        });
+        let pending = replica.pending_count();
         let log_entries = replica.log().len();
         let documents = replica.live_count();
         drop(core);
@@ -559,6 +851,8 @@ impl NodeRuntime {
                     "clock_offset_exceeded": flags.contains_key(&m.info.node),
                     "hlc": m.hlc.map(|h| h.to_string()),
                     "version_vector": m.vv,
+                    "applied": m.applied.iter().map(|(o, p)| (o.to_string(), *p)).collect::<BTreeMap<String, u64>>(),
+                    "digest": m.digest.map(|d| hex(&d)),
                     "last_heartbeat_ms_ago": m.last_heard_ago.map(|d| d.as_millis() as u64),
                     "bytes_sent": m.stats.bytes_sent,
                     "bytes_received": m.stats.bytes_received,
@@ -582,11 +876,14 @@ impl NodeRuntime {
                 "digest": digest,
                 "documents": documents,
                 "log_entries": log_entries,
+                "received_not_applied": pending,
                 "replication": self.driver.get().is_some(),
                 "peer_listener": self.peer_addr().map(|a| a.to_string()),
                 "uptime_seconds": self.started.elapsed().as_secs(),
             },
             "members": members_json,
+            "converged": converged,
+            "convergence": matrix,
             "refused": refusals,
             "counters": {
                 "frames_refused": counters.frames_refused,
@@ -607,8 +904,64 @@ impl Node for NodeRuntime {
         self.write_inner(id, op, if_match).await
     }
 
-    async fn read(&self, id: DocId) -> Result<Option<DocRead>, NodeError> {
-        self.read_inner(id).await
+    async fn read(&self, id: DocId, options: ReadOptions) -> Result<Option<DocRead>, NodeError> {
+        self.read_inner(id, options).await
+    }
+
+    fn receipt(&self, token: Token) -> Result<Json, NodeError> {
+        Ok(self.receipt_json(&token))
+    }
+
+    fn conflicts(&self, id: DocId) -> Result<Option<Json>, NodeError> {
+        let core = lock(&self.shared);
+        let Some(state) = core.replica.document(&id) else { return Ok(None) };
+        let conflicts: Vec<Json> = state
+            .doc
+            .conflicts()
+            .into_iter()
+            .map(|c| {
+                let values: Vec<Json> = c
+                    .values
+                    .iter()
+                    .map(|v| {
+                        json!({
+                            "value": v.value,
+                            "region": v.meta.map(|m| core.region_of(m.origin, &self.region)),
+                            "origin": v.meta.map(|m| m.origin.to_string()),
+                            "seq": v.meta.map(|m| m.seq),
+                            "hlc": v.meta.map(|m| m.hlc.to_string()),
+                            "wins": v.wins,
+                        })
+                    })
+                    .collect();
+                json!({ "path": c.path, "values": values })
+            })
+            .collect();
+        Ok(Some(json!({ "id": id.to_string(), "conflicts": conflicts })))
+    }
+
+    fn history(&self, id: DocId) -> Result<Option<Json>, NodeError> {
+        let core = lock(&self.shared);
+        let Some(state) = core.replica.document(&id) else { return Ok(None) };
+        let mut changes: Vec<(Option<Hlc>, Json)> = state
+            .doc
+            .history()
+            .into_iter()
+            .map(|(hash, meta, size)| {
+                let entry = json!({
+                    "hash": hex(&hash.0),
+                    "region": meta.map(|m| core.region_of(m.origin, &self.region)),
+                    "origin": meta.map(|m| m.origin.to_string()),
+                    "seq": meta.map(|m| m.seq),
+                    "hlc": meta.map(|m| m.hlc.to_string()),
+                    "bytes": size,
+                    "kind": if meta.is_some() { "write" } else { "internal" },
+                });
+                (meta.map(|m| m.hlc), entry)
+            })
+            .collect();
+        changes.sort_by_key(|(hlc, _)| *hlc);
+        Ok(Some(json!({ "id": id.to_string(), "changes": changes.into_iter().map(|(_, e)| e).collect::<Vec<_>>() })))
     }
 
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<DocId>, NodeError> {
@@ -842,8 +1195,9 @@ impl Host for ReplicationHost {
     fn with_core<R>(&self, f: impl FnOnce(&mut Gossip, &Replica, Clocks) -> R) -> R {
         let mut guard = lock(&self.shared);
         let core = &mut *guard;
+        let closed = core.closed();
         let hlc = core.clock.now().map(Hlc::from).unwrap_or_else(|_| Hlc::new(wall_ns(), 0));
-        let clocks = Clocks { now: Instant::now(), wall_ns: wall_ns(), hlc };
+        let clocks = Clocks { now: Instant::now(), wall_ns: wall_ns(), hlc, closed };
         let gossip = core.gossip.as_mut().expect("the driver runs only with a gossip core");
         f(gossip, &core.replica, clocks)
     }
@@ -887,6 +1241,8 @@ impl Host for ReplicationHost {
                     let mut core = lock(&self.shared);
                     self.shared.observe(&mut core, hlc);
                 }
+                // A heartbeat may have advanced closed timestamps: waiting readers re-check.
+                self.shared.bump();
                 if !runtime.faults.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
                     runtime.sync_link();
                 }
@@ -1021,7 +1377,9 @@ impl StorageWorker {
                 for record in &remote {
                     self.shared.observe(&mut core, record.meta.hlc);
                 }
+                let before = core.applied_prefixes();
                 let outcome = core.replica.apply_records(remote);
+                core.note_applied(&before);
                 let metrics = &self.shared.metrics;
                 metrics.remote_applied.fetch_add(outcome.applied as u64, Ordering::Relaxed);
                 metrics.remote_duplicates.fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
@@ -1036,6 +1394,7 @@ impl StorageWorker {
                 }
             }
             drop(core);
+            self.shared.bump();
             if let Some(wake) = self.shared.wake.get() {
                 wake.notify_one();
             }
@@ -1078,7 +1437,12 @@ impl StorageWorker {
         self.shared.metrics.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         if let (Some(covers), Some(checkpoint)) = (covers, checkpoint) {
             self.checkpoint_vv = checkpoint;
-            lock(&self.shared).replica.restore_version_vector(&covers);
+            let mut core = lock(&self.shared);
+            let before = core.applied_prefixes();
+            core.replica.restore_version_vector(&covers);
+            core.note_applied(&before);
+            drop(core);
+            self.shared.bump();
             tracing::info!("state transfer installed");
         }
         Ok(())
@@ -1101,6 +1465,13 @@ impl StorageWorker {
                     self.committed_local_seq = self.committed_local_seq.max(seq);
                 }
                 let local_seq = self.committed_local_seq;
+                if local_max.is_some() {
+                    let mut core = lock(&self.shared);
+                    core.durable_seq = core.durable_seq.max(local_seq);
+                    while core.in_flight.front().is_some_and(|&(seq, _)| seq <= local_seq) {
+                        core.in_flight.pop_front();
+                    }
+                }
                 self.durable.send_modify(|d| d.local_seq = local_seq);
                 Ok(())
             }
@@ -1205,7 +1576,9 @@ impl StorageWorker {
             for record in &remote {
                 self.shared.observe(&mut core, record.meta.hlc);
             }
+            let before = core.applied_prefixes();
             let outcome = core.replica.apply_records(remote);
+            core.note_applied(&before);
             self.shared.metrics.remote_applied.fetch_add(outcome.applied as u64, Ordering::Relaxed);
             self.shared.metrics.remote_in_flight.fetch_sub(remote_count, Ordering::Relaxed);
         }
@@ -1215,6 +1588,7 @@ impl StorageWorker {
             }
         }
         drop(core);
+        self.shared.bump();
         if let Some(wake) = self.shared.wake.get() {
             wake.notify_one();
         }
@@ -1258,8 +1632,20 @@ impl Node for NodeHandle {
         self.get()?.write_inner(id, op, if_match).await
     }
 
-    async fn read(&self, id: DocId) -> Result<Option<DocRead>, NodeError> {
-        self.get()?.read_inner(id).await
+    async fn read(&self, id: DocId, options: ReadOptions) -> Result<Option<DocRead>, NodeError> {
+        self.get()?.read_inner(id, options).await
+    }
+
+    fn receipt(&self, token: Token) -> Result<Json, NodeError> {
+        self.get()?.receipt(token)
+    }
+
+    fn conflicts(&self, id: DocId) -> Result<Option<Json>, NodeError> {
+        self.get()?.conflicts(id)
+    }
+
+    fn history(&self, id: DocId) -> Result<Option<Json>, NodeError> {
+        self.get()?.history(id)
     }
 
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<DocId>, NodeError> {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use meridian_crdt::{DocId, Document, Hlc, NodeId, Replica, WriteOp};
 use meridian_gossip::core::{ConnId, Event, Gossip, GossipConfig, StreamKind};
+use meridian_gossip::Closed;
 
 /// One simulated node.
 pub struct SimNode {
@@ -23,6 +24,21 @@ pub struct SimNode {
     pub addr: SocketAddr,
     /// Connections closed by the core (refusals), for assertions.
     pub closed: Vec<(ConnId, String)>,
+    /// The last HLC this node issued; the next is strictly larger.
+    last_hlc: Hlc,
+}
+
+impl SimNode {
+    /// A fresh HLC at `wall_ns`, strictly above every one issued before.
+    fn next_hlc(&mut self, wall_ns: u64) -> Hlc {
+        let next = if wall_ns > self.last_hlc.wall_ns() {
+            Hlc::new(wall_ns, 0)
+        } else {
+            Hlc::new(self.last_hlc.wall_ns(), self.last_hlc.logical() + 1)
+        };
+        self.last_hlc = next;
+        next
+    }
 }
 
 struct Delivery {
@@ -83,15 +99,16 @@ impl Sim {
             gossip: Gossip::new(config, self.now),
             addr,
             closed: Vec::new(),
+            last_hlc: Hlc::zero(),
         });
         index
     }
 
     /// A local write at node `index`, pushed to peers as a durable change.
     pub fn write(&mut self, index: usize, doc: &str, op: WriteOp) {
-        let hlc = Hlc::new(self.wall_ns(), 0);
-        let now = self.now;
+        let (now, wall) = (self.now, self.wall_ns());
         let node = &mut self.nodes[index];
+        let hlc = node.next_hlc(wall);
         let receipt = node.replica.local_write(&DocId::new(doc).expect("id"), &op, hlc, None).expect("write");
         node.gossip.handle_local_records(now, &[receipt.record]);
     }
@@ -170,10 +187,14 @@ impl Sim {
             self.drain(to);
         }
         for index in 0..self.nodes.len() {
-            let (now, hlc) = (self.now, Hlc::new(self.wall_ns(), 0));
+            let (now, wall) = (self.now, self.wall_ns());
             let node = &mut self.nodes[index];
             if node.gossip.poll_timeout().is_some_and(|t| t <= now) {
-                node.gossip.handle_timeout(now, hlc, &node.replica);
+                // Writes are durable at once here, so nothing is in flight:
+                // closed up to now, at the last sequence number.
+                let hlc = node.next_hlc(wall);
+                let closed = Closed { origin: node.replica.node(), t: hlc, n: node.replica.last_seq() };
+                node.gossip.handle_timeout(now, hlc, closed, &node.replica);
             }
             self.drain(index);
         }

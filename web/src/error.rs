@@ -64,6 +64,34 @@ impl From<NodeError> for ApiError {
                 .with_header(header::RETRY_AFTER, "1"),
             NodeError::Invalid(reason) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", reason),
             NodeError::Off(reason) => ApiError::new(StatusCode::NOT_FOUND, "off", reason),
+            NodeError::Behind { waited_ms, lags } => {
+                let summary: Vec<String> = lags
+                    .iter()
+                    .map(|l| match l.behind_ms {
+                        Some(ms) => format!("{} is {ms} ms behind (needs {}, has {})", l.region, l.needed, l.have),
+                        None => format!("{} needs {}, has {}", l.region, l.needed, l.have),
+                    })
+                    .collect();
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "not-caught-up",
+                    format!("waited {waited_ms} ms and this replica is still behind: {}; retry, raise wait_ms, or read elsewhere", summary.join("; ")),
+                )
+                .with("behind", serde_json::to_value(&lags).unwrap_or_default())
+            }
+            NodeError::TooStale { staleness_ms, limit_ms, per_region } => {
+                let regions: Map<String, Json> =
+                    per_region.iter().map(|(r, ms)| (r.clone(), Json::from(*ms))).collect();
+                let retry = ((staleness_ms.saturating_sub(limit_ms)) / 1000).clamp(1, 60);
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too-stale",
+                    format!("this replica is {staleness_ms} ms stale, more than the {limit_ms} ms you asked for; retry later or read in another region"),
+                )
+                .with("staleness_ms", staleness_ms)
+                .with("staleness_by_region", Json::Object(regions))
+                .with_header(header::RETRY_AFTER, &retry.to_string())
+            }
             NodeError::Write(WriteError::NotFound) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not-found", "document does not exist")
             }

@@ -20,15 +20,54 @@ pub struct WriteAck {
     pub etag: String,
 }
 
-/// A document as read.
+/// A document as read, with how fresh the read is.
 #[derive(Clone, Debug)]
 pub struct DocRead {
     /// The document's JSON.
     pub json: Json,
     /// Strong validator of the document's state.
     pub etag: String,
-    /// Token naming the state the read saw.
+    /// Freshness of the replica that answered.
+    pub freshness: Freshness,
+}
+
+/// How stale this replica's view is, and which state it holds.
+#[derive(Clone, Debug, Default)]
+pub struct Freshness {
+    /// Local now minus safe time, in ms: no write older than this is missing here.
+    pub staleness_ms: u64,
+    /// Staleness towards each other region, in ms.
+    pub per_region: Vec<(String, u64)>,
+    /// The minimum closed timestamp over all members (ours being now).
+    pub safe_time: Hlc,
+    /// Token naming the applied state that was read.
     pub token: Token,
+}
+
+/// Consistency controls of a read.
+#[derive(Clone, Debug, Default)]
+pub struct ReadOptions {
+    /// Wait until this replica has applied every change the token names.
+    pub after: Option<Token>,
+    /// Read the consistent snapshot of changes with HLC <= this time.
+    pub at: Option<Hlc>,
+    /// Answer only if the read staleness is within this many ms.
+    pub max_staleness_ms: Option<u64>,
+    /// How long `after` and `at` may wait.
+    pub wait: std::time::Duration,
+}
+
+/// How far one region is behind what a read asked for.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Lag {
+    /// The region (origin) whose changes are missing or not yet closed.
+    pub region: String,
+    /// What the read needed: a sequence number (`after`) or a time (`at`).
+    pub needed: String,
+    /// What this replica has.
+    pub have: String,
+    /// How far behind, in ms, when known.
+    pub behind_ms: Option<u64>,
 }
 
 /// Why the node could not serve a request.
@@ -47,6 +86,24 @@ pub enum NodeError {
     /// The feature is not enabled on this node (404), e.g. faults without replication.
     #[error("{0}")]
     Off(String),
+    /// `after` or `at` could not be satisfied within the wait (504).
+    #[error("this replica did not catch up within {waited_ms} ms")]
+    Behind {
+        /// How long the read waited.
+        waited_ms: u64,
+        /// Who is behind and by how much.
+        lags: Vec<Lag>,
+    },
+    /// The read staleness exceeds `max_staleness_ms` (503).
+    #[error("read staleness {staleness_ms} ms exceeds the requested {limit_ms} ms")]
+    TooStale {
+        /// Current read staleness.
+        staleness_ms: u64,
+        /// The bound asked for.
+        limit_ms: u64,
+        /// Staleness per region.
+        per_region: Vec<(String, u64)>,
+    },
 }
 
 /// A link fault as the admin API takes it.
@@ -84,8 +141,17 @@ pub trait Node: Send + Sync + 'static {
     ) -> impl Future<Output = Result<WriteAck, NodeError>> + Send;
 
     /// Reads a document; `None` if it does not exist. Never returns state
-    /// that is not yet durable.
-    fn read(&self, id: DocId) -> impl Future<Output = Result<Option<DocRead>, NodeError>> + Send;
+    /// that is not yet durable. Honours the consistency controls in `options`.
+    fn read(&self, id: DocId, options: ReadOptions) -> impl Future<Output = Result<Option<DocRead>, NodeError>> + Send;
+
+    /// For each region: whether it has applied the write(s) a token names, and when this node learned so.
+    fn receipt(&self, token: Token) -> Result<Json, NodeError>;
+
+    /// The paths of a document holding concurrent values; `None` if the document is unknown.
+    fn conflicts(&self, id: DocId) -> Result<Option<Json>, NodeError>;
+
+    /// A document's changes; `None` if the document is unknown.
+    fn history(&self, id: DocId) -> Result<Option<Json>, NodeError>;
 
     /// Ids of existing documents with `prefix`, after `after`, at most `limit`.
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<DocId>, NodeError>;

@@ -16,13 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meridian_crdt::patch::parse_patch;
-use meridian_crdt::{base64url, json as crdt_json, DocId, WriteOp, DEPTH_MAX};
+use meridian_crdt::{base64url, json as crdt_json, DocId, Hlc, Token, WriteOp, DEPTH_MAX};
 use serde_json::{json, Value as JsonValue};
 
 use crate::api::{ListResponse, WriteResponse, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, TOKEN_HEADER};
 use crate::error::ApiError;
 use crate::metrics::{self, HttpMetrics};
-use crate::node::{Node, WriteAck};
+use crate::node::{Freshness, Node, ReadOptions, WriteAck};
 
 /// HTTP-level limits.
 #[derive(Clone, Debug)]
@@ -69,6 +69,7 @@ pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
         .route("/metrics", get(render_metrics::<N>))
         .route("/v1/docs", get(list_docs::<N>))
         .route("/v1/cluster", get(cluster::<N>))
+        .route("/v1/writes/{token}", get(get_receipt::<N>))
         .route("/v1/admin/faults", get(get_faults::<N>).post(post_fault::<N>).delete(delete_faults::<N>))
         .route("/v1/docs/{*id}", get(get_doc::<N>).put(put_doc::<N>).patch(patch_doc::<N>).delete(delete_doc::<N>))
         .fallback(no_route)
@@ -197,17 +198,134 @@ fn none_match(list: &str, etag: &str) -> bool {
     list.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
+/// Last path segments that name a document's sub-resources rather than a
+/// document: ids ending in them cannot be written (they could not be read).
+const SUB_RESOURCES: [&str; 3] = ["conflicts", "history", "events"];
+
+/// Splits `users/42/history` into the document and the sub-resource.
+fn split_sub_resource(raw: &str) -> (&str, Option<&str>) {
+    match raw.rsplit_once('/') {
+        Some((doc, last)) if SUB_RESOURCES.contains(&last) && !doc.is_empty() => (doc, Some(last)),
+        _ => (raw, None),
+    }
+}
+
+/// Refuses ids a client could write but never read back.
+fn writable_id(id: &DocId) -> Result<(), ApiError> {
+    if let (_, Some(sub)) = split_sub_resource(id.as_str()) {
+        return Err(ApiError::bad_request(
+            "bad-id",
+            format!("document ids may not end in /{sub}: that path reads a document's {sub}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Largest `wait_ms` a read may ask for.
+pub const WAIT_MS_MAX: u64 = 30_000;
+/// `wait_ms` when a read does not say.
+pub const WAIT_MS_DEFAULT: u64 = 2_000;
+
+fn read_options(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<ReadOptions, ApiError> {
+    if let Some(unknown) =
+        params.keys().find(|k| !matches!(k.as_str(), "after" | "wait_ms" | "max_staleness_ms" | "at"))
+    {
+        return Err(ApiError::bad_request(
+            "bad-query",
+            format!("unknown query parameter {unknown:?}; reads take after, wait_ms, max_staleness_ms and at"),
+        ));
+    }
+    let after_text = match params.get("after") {
+        Some(text) => Some(text.clone()),
+        None => header_text(headers, header::HeaderName::from_static("meridian-after"))?,
+    };
+    let after = match after_text {
+        None => None,
+        Some(text) => {
+            Some(Token::parse(text.trim()).map_err(|err| ApiError::bad_request("bad-token", format!("after: {err}")))?)
+        }
+    };
+    let wait_ms = match params.get("wait_ms") {
+        None => WAIT_MS_DEFAULT,
+        Some(text) => match text.parse::<u64>() {
+            Ok(ms) if ms <= WAIT_MS_MAX => ms,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad-query",
+                    format!("wait_ms must be a whole number from 0 to {WAIT_MS_MAX}, got {text:?}"),
+                ))
+            }
+        },
+    };
+    let max_staleness_ms = match params.get("max_staleness_ms") {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad-query",
+                format!("max_staleness_ms must be a whole number of milliseconds, got {text:?}"),
+            )
+        })?),
+    };
+    let at = match params.get("at") {
+        None => None,
+        Some(text) => Some(Hlc::parse(text).map_err(|err| ApiError::bad_request("bad-query", format!("at: {err}")))?),
+    };
+    Ok(ReadOptions { after, at, max_staleness_ms, wait: std::time::Duration::from_millis(wait_ms) })
+}
+
+fn freshness_headers(out: &mut HeaderMap, freshness: &Freshness) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(header::HeaderName::from_static(name), value);
+        }
+    };
+    set("meridian-staleness-ms", freshness.staleness_ms.to_string());
+    let regions: Vec<String> = freshness.per_region.iter().map(|(region, ms)| format!("{region}={ms}")).collect();
+    set("meridian-staleness", regions.join(", "));
+    set("meridian-safe-time", freshness.safe_time.to_string());
+    set(TOKEN_HEADER, freshness.token.to_string());
+}
+
 async fn get_doc<N: Node>(
     State(state): State<AppState<N>>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = doc_id(path)?;
+    let Path(raw) =
+        path.map_err(|rej| ApiError::bad_request("bad-id", format!("invalid document path: {}", rej.body_text())))?;
+    let (doc_part, sub) = split_sub_resource(&raw);
+    let id = DocId::new(doc_part).map_err(|err| ApiError::bad_request("bad-id", err.to_string()))?;
+    match sub {
+        Some("conflicts") => {
+            return state
+                .node
+                .conflicts(id.clone())?
+                .map(|json| Json(json).into_response())
+                .ok_or_else(|| ApiError::doc_not_found(id.as_str()))
+        }
+        Some("history") => {
+            return state
+                .node
+                .history(id.clone())?
+                .map(|json| Json(json).into_response())
+                .ok_or_else(|| ApiError::doc_not_found(id.as_str()))
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                format!("/{other} is not available on this node yet"),
+            ))
+        }
+        None => {}
+    }
+    let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
+    let options = read_options(&params, &headers)?;
     let if_none_match = header_text(&headers, header::IF_NONE_MATCH)?;
-    let Some(read) = state.node.read(id.clone()).await? else {
+    let Some(read) = state.node.read(id.clone(), options).await? else {
         return Err(ApiError::doc_not_found(id.as_str()));
     };
-    let token = read.token.to_string();
     let mut response = if if_none_match.is_some_and(|list| none_match(&list, &read.etag)) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -217,10 +335,16 @@ async fn get_doc<N: Node>(
     if let Ok(value) = HeaderValue::from_str(&read.etag) {
         out.insert(header::ETAG, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&token) {
-        out.insert(TOKEN_HEADER, value);
-    }
+    freshness_headers(out, &read.freshness);
     Ok(response)
+}
+
+async fn get_receipt<N: Node>(
+    State(state): State<AppState<N>>,
+    Path(token): Path<String>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let token = Token::parse(&token).map_err(|err| ApiError::bad_request("bad-token", err.to_string()))?;
+    Ok(Json(state.node.receipt(token)?))
 }
 
 async fn put_doc<N: Node>(
@@ -230,6 +354,7 @@ async fn put_doc<N: Node>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let id = doc_id(path)?;
+    writable_id(&id)?;
     match media_type(&headers).as_deref() {
         Some("application/json") => {}
         other => {
@@ -260,6 +385,7 @@ async fn patch_doc<N: Node>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let id = doc_id(path)?;
+    writable_id(&id)?;
     let kind = media_type(&headers);
     let if_match = header_text(&headers, header::IF_MATCH)?;
     let op = match kind.as_deref() {
