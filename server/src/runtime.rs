@@ -30,7 +30,7 @@
 //! snapshots, then truncation below what the snapshots and every member hold.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
@@ -42,12 +42,12 @@ use meridian_gossip::driver::{self, Clocks, DriverConfig, DriverHandle, Host};
 use meridian_gossip::link::{LinkEmulator, LinkFault};
 use meridian_gossip::{Closed, Event, Gossip, GossipConfig};
 use meridian_web::metrics::{escape_label, header, Histogram};
-use meridian_web::{DocRead, FaultSpec, Freshness, Lag, Node, NodeError, ReadOptions, WriteAck};
+use meridian_web::{DocRead, FaultSpec, FeedEvent, Freshness, Lag, Node, NodeError, ReadOptions, WriteAck};
 use serde_json::{json, Value as Json};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::{Config, ReplicationConfig};
-use crate::storage::{Batch, StorageError, Store};
+use crate::storage::{Batch, FeedEntry, FeedReader, StorageError, Store};
 
 /// Most records in one storage commit.
 pub const BATCH_RECORDS_MAX: usize = 4096;
@@ -57,6 +57,10 @@ pub const BATCH_BYTES_MAX: usize = 16 << 20;
 pub const WRITES_IN_FLIGHT_MAX: usize = 8192;
 /// A checkpoint is also forced when this many documents are dirty.
 pub const DIRTY_DOCS_MAX: usize = 50_000;
+/// Feed entries kept for resuming event streams; older ones are dropped at checkpoints.
+pub const FEED_KEEP: u64 = 1_000_000;
+/// Live feed events buffered per subscriber before it must catch up from disk.
+pub const FEED_BROADCAST_CAPACITY: usize = 4096;
 /// Remote records waiting for the storage thread; beyond it new ones are
 /// dropped (anti-entropy resends them), so a fast peer cannot grow memory.
 pub const REMOTE_RECORDS_IN_FLIGHT_MAX: u64 = 200_000;
@@ -209,6 +213,12 @@ struct Shared {
     core: Mutex<Core>,
     /// Bumped whenever applied state or closed timestamps move: readers waiting for `after` or `at` re-check.
     progress: watch::Sender<u64>,
+    /// Committed changes, in feed order, for event streams.
+    feed: tokio::sync::broadcast::Sender<FeedEvent>,
+    /// Index of the newest feed entry.
+    feed_head: AtomicU64,
+    /// This node's region.
+    region: String,
     metrics: NodeMetrics,
     /// Wakes the replication driver when there is something to send.
     wake: OnceLock<Arc<Notify>>,
@@ -274,6 +284,9 @@ pub struct NodeRuntime {
     driver: OnceLock<DriverHandle>,
     faults: Mutex<BTreeMap<String, FaultSpec>>,
     started: Instant,
+    feed_reader: FeedReader,
+    /// Turns true in `shutdown`, ending event streams served straight from the runtime.
+    stopping: watch::Sender<bool>,
 }
 
 impl NodeRuntime {
@@ -319,12 +332,16 @@ impl NodeRuntime {
             }),
             metrics: NodeMetrics::default(),
             progress: watch::channel(0).0,
+            feed: tokio::sync::broadcast::channel(FEED_BROADCAST_CAPACITY).0,
+            feed_head: AtomicU64::new(recovered.next_feed - 1),
+            region: config.region.clone(),
             wake: OnceLock::new(),
             clock_flags: Mutex::new(BTreeMap::new()),
             max_clock_offset,
         });
         shared.metrics.recovery_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let (durable_tx, durable_rx) = watch::channel(Durable { local_seq, failed: None });
+        let feed_reader = store.feed_reader();
         let (storage_tx, storage_rx) = mpsc::channel();
         let worker = StorageWorker {
             store,
@@ -335,6 +352,7 @@ impl NodeRuntime {
             committed_ticket: 0,
             committed_local_seq: local_seq,
             checkpoint_vv: recovered.checkpoint,
+            next_feed: recovered.next_feed,
             last_checkpoint: Instant::now(),
             checkpoint_interval: config.checkpoint_interval,
             shutdown_requested: false,
@@ -365,6 +383,8 @@ impl NodeRuntime {
             driver: OnceLock::new(),
             faults: Mutex::new(BTreeMap::new()),
             started,
+            feed_reader,
+            stopping: watch::channel(false).0,
         })
     }
 
@@ -437,6 +457,7 @@ impl NodeRuntime {
     /// Stops the storage thread after committing everything sent to it and
     /// writing a final checkpoint. Blocks until done.
     pub fn shutdown(&self) {
+        self.stopping.send_replace(true);
         if let Some(tx) = self.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(StorageMsg::Shutdown);
         }
@@ -895,6 +916,19 @@ impl NodeRuntime {
     }
 }
 
+/// A feed entry as event streams show it.
+fn feed_event(index: u64, entry: &FeedEntry, region: String) -> FeedEvent {
+    FeedEvent {
+        index,
+        doc: entry.doc.clone(),
+        region,
+        origin: entry.origin,
+        seq: entry.seq,
+        hlc: entry.hlc,
+        token: Token::of_change(entry.origin, entry.seq).to_string(),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -962,6 +996,28 @@ impl Node for NodeRuntime {
             .collect();
         changes.sort_by_key(|(hlc, _)| *hlc);
         Ok(Some(json!({ "id": id.to_string(), "changes": changes.into_iter().map(|(_, e)| e).collect::<Vec<_>>() })))
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    fn subscribe_feed(&self) -> Result<(tokio::sync::broadcast::Receiver<FeedEvent>, u64), NodeError> {
+        let receiver = self.shared.feed.subscribe();
+        Ok((receiver, self.shared.feed_head.load(Ordering::Acquire)))
+    }
+
+    async fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, NodeError> {
+        let reader = self.feed_reader.clone();
+        let entries = tokio::task::spawn_blocking(move || reader.read_after(after, limit))
+            .await
+            .map_err(|err| NodeError::Unavailable(format!("reading the feed failed: {err}")))?
+            .map_err(|err| NodeError::Unavailable(format!("reading the feed failed: {err}")))?;
+        let core = lock(&self.shared);
+        Ok(entries
+            .iter()
+            .map(|(index, entry)| feed_event(*index, entry, core.region_of(entry.origin, &self.region)))
+            .collect())
     }
 
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<DocId>, NodeError> {
@@ -1263,6 +1319,8 @@ struct StorageWorker {
     committed_local_seq: u64,
     /// The vector the snapshots on disk cover.
     checkpoint_vv: VersionVector,
+    /// The next feed index to assign.
+    next_feed: u64,
     last_checkpoint: Instant,
     checkpoint_interval: Duration,
     shutdown_requested: bool,
@@ -1450,9 +1508,33 @@ impl StorageWorker {
 
     /// Commits a batch and publishes what became durable; on failure marks
     /// the node failed (every later request gets 503).
-    fn commit(&mut self, batch: Batch) -> Result<(), ()> {
+    fn commit(&mut self, mut batch: Batch) -> Result<(), ()> {
         let started = Instant::now();
         let node = lock(&self.shared).replica.node();
+        // Several peers may deliver the same remote record at once: store and feed it once.
+        {
+            let core = lock(&self.shared);
+            let vv = core.replica.version_vector();
+            let mut seen = HashSet::new();
+            batch.records.retain(|r| {
+                let key = (r.meta.origin, r.meta.seq);
+                seen.insert(key) && (r.meta.origin == node || !vv.contains(r.meta.origin, r.meta.seq))
+            });
+        }
+        let first_feed = self.next_feed;
+        for record in &batch.records {
+            let entry = FeedEntry {
+                doc: record.doc.clone(),
+                origin: record.meta.origin,
+                seq: record.meta.seq,
+                hlc: record.meta.hlc,
+            };
+            batch.feed.push((self.next_feed, entry));
+            self.next_feed += 1;
+        }
+        if batch.checkpoint.is_some() {
+            batch.feed_keep_from = Some(self.next_feed.saturating_sub(FEED_KEEP));
+        }
         let local_max = batch.records.iter().filter(|r| r.meta.origin == node).map(|r| r.meta.seq).max();
         let count = batch.records.len() as u64;
         match self.store.commit(&batch) {
@@ -1473,15 +1555,29 @@ impl StorageWorker {
                     }
                 }
                 self.durable.send_modify(|d| d.local_seq = local_seq);
+                self.publish_feed(&batch.feed);
                 Ok(())
             }
             Err(err) => {
+                self.next_feed = first_feed;
                 tracing::error!(cause = %err, "storage commit failed; the node stops accepting work");
                 let reason: Arc<str> = err.to_string().into();
                 self.durable.send_modify(|d| d.failed = Some(reason));
                 Err(())
             }
         }
+    }
+
+    /// Tells event streams about committed changes.
+    fn publish_feed(&self, feed: &[(u64, FeedEntry)]) {
+        let Some(&(last, _)) = feed.last() else { return };
+        let core = lock(&self.shared);
+        for (index, entry) in feed {
+            let region = core.region_of(entry.origin, &self.shared.region);
+            let _ = self.shared.feed.send(feed_event(*index, entry, region));
+        }
+        drop(core);
+        self.shared.feed_head.store(last, Ordering::Release);
     }
 
     /// Receives every local record up to `ticket` (and whatever else arrives meanwhile).
@@ -1542,7 +1638,13 @@ impl StorageWorker {
             }
         };
         let records: Vec<ChangeRecord> = received.local.iter().chain(received.remote.iter()).cloned().collect();
-        let batch = Batch { records, snapshots, checkpoint: Some(covered.clone()), truncate: truncate.clone() };
+        let batch = Batch {
+            records,
+            snapshots,
+            checkpoint: Some(covered.clone()),
+            truncate: truncate.clone(),
+            ..Batch::default()
+        };
         let snapshot_count = batch.snapshots.len();
         self.commit(batch)?;
         self.checkpoint_vv = covered;
@@ -1598,10 +1700,15 @@ impl StorageWorker {
 
 /// The node as the router sees it while the process starts: not ready until
 /// recovery finishes, then the [`NodeRuntime`].
-#[derive(Default)]
 pub struct NodeHandle {
     runtime: OnceLock<Arc<NodeRuntime>>,
-    stopping: AtomicBool,
+    stopping: watch::Sender<bool>,
+}
+
+impl Default for NodeHandle {
+    fn default() -> Self {
+        NodeHandle { runtime: OnceLock::new(), stopping: watch::channel(false).0 }
+    }
 }
 
 impl NodeHandle {
@@ -1617,7 +1724,7 @@ impl NodeHandle {
 
     /// Marks the node as stopping (readiness turns false).
     pub fn set_stopping(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.stopping.send_replace(true);
     }
 
     fn get(&self) -> Result<&Arc<NodeRuntime>, NodeError> {
@@ -1648,12 +1755,24 @@ impl Node for NodeHandle {
         self.get()?.history(id)
     }
 
+    fn subscribe_feed(&self) -> Result<(tokio::sync::broadcast::Receiver<FeedEvent>, u64), NodeError> {
+        self.get()?.subscribe_feed()
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    async fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, NodeError> {
+        self.get()?.feed_after(after, limit).await
+    }
+
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<DocId>, NodeError> {
         self.get()?.list(prefix, after, limit)
     }
 
     fn ready(&self) -> bool {
-        !self.stopping.load(Ordering::Relaxed) && self.runtime.get().is_some_and(|rt| rt.ready())
+        !*self.stopping.borrow() && self.runtime.get().is_some_and(|rt| rt.ready())
     }
 
     fn render_metrics(&self, out: &mut String) {

@@ -8,6 +8,7 @@
 //! | `meta` | name            | node id, region, checkpoint vector, HLC high |
 //! | `log`  | (origin, seq)   | an encoded [`ChangeRecord`]                  |
 //! | `docs` | document id     | an automerge save of the document            |
+//! | `feed` | feed index      | which change was applied (event streams)     |
 //!
 //! Every value is sealed with a CRC-32 of its bytes, checked on every read:
 //! a damaged value stops recovery with a message naming the file and the
@@ -26,6 +27,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 
 /// File name of the store inside the data directory.
 pub const FILE_NAME: &str = "meridian.redb";
@@ -90,6 +92,69 @@ pub struct Recovered {
     pub log: Vec<ChangeRecord>,
     /// Highest HLC ever persisted: the clock must not go below it after a restart.
     pub hlc_high: Hlc,
+    /// The next feed index to assign.
+    pub next_feed: u64,
+}
+
+/// One entry of the change feed: which change was applied, in local apply order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// The document.
+    pub doc: DocId,
+    /// The change's origin.
+    pub origin: NodeId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its HLC.
+    pub hlc: Hlc,
+}
+
+impl FeedEntry {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.doc.as_str().len());
+        out.extend_from_slice(&self.origin.0.to_be_bytes());
+        write_varint(&mut out, self.seq);
+        out.extend_from_slice(&self.hlc.to_bytes());
+        out.extend_from_slice(self.doc.as_str().as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<FeedEntry> {
+        let origin = NodeId(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?));
+        let (seq, used) = read_varint(bytes.get(8..)?)?;
+        let rest = bytes.get(8 + used..)?;
+        let hlc = Hlc::from_bytes(rest.get(..12)?.try_into().ok()?);
+        let doc = DocId::new(std::str::from_utf8(rest.get(12..)?).ok()?).ok()?;
+        Some(FeedEntry { doc, origin, seq, hlc })
+    }
+}
+
+/// Reads the feed from any thread while the storage thread writes.
+#[derive(Clone)]
+pub struct FeedReader {
+    db: std::sync::Arc<Database>,
+    path: PathBuf,
+}
+
+impl FeedReader {
+    /// Up to `limit` entries with index greater than `after`, in order.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, FeedEntry)>, StorageError> {
+        let io = |e: &dyn std::fmt::Display| StorageError::Io { path: self.path.clone(), detail: e.to_string() };
+        let tx = self.db.begin_read().map_err(|e| io(&e))?;
+        let feed = tx.open_table(FEED).map_err(|e| io(&e))?;
+        let mut out = Vec::new();
+        for entry in feed.range(after.saturating_add(1)..).map_err(|e| io(&e))?.take(limit) {
+            let (key, value) = entry.map_err(|e| io(&e))?;
+            let index = key.value();
+            let bytes = unseal(&self.path, &|| format!("feed entry {index}"), value.value())?;
+            let entry = FeedEntry::decode(bytes).ok_or_else(|| StorageError::Corrupt {
+                path: self.path.clone(),
+                what: format!("feed entry {index} does not decode"),
+            })?;
+            out.push((index, entry));
+        }
+        Ok(out)
+    }
 }
 
 /// One atomic, durable commit.
@@ -103,11 +168,15 @@ pub struct Batch {
     pub checkpoint: Option<VersionVector>,
     /// Log records to drop: per origin, everything up to this sequence.
     pub truncate: Vec<(NodeId, u64)>,
+    /// Feed entries to append, with their indices.
+    pub feed: Vec<(u64, FeedEntry)>,
+    /// Drop feed entries below this index (retention).
+    pub feed_keep_from: Option<u64>,
 }
 
 /// The node's store.
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
     path: PathBuf,
 }
 
@@ -165,7 +234,7 @@ impl Store {
             path: path.clone(),
             detail: err.to_string().trim_end_matches('.').to_string(),
         })?;
-        let store = Store { db, path };
+        let store = Store { db: std::sync::Arc::new(db), path };
         let recovered = store.recover(region)?;
         Ok((store, recovered))
     }
@@ -185,6 +254,7 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
             tx.open_table(LOG).map_err(|e| self.io(e))?;
             tx.open_table(DOCS).map_err(|e| self.io(e))?;
+            tx.open_table(FEED).map_err(|e| self.io(e))?;
             let stored_format = meta.get("format").map_err(|e| self.io(e))?.map(|v| v.value().to_vec());
             match stored_format {
                 None => {
@@ -272,7 +342,9 @@ impl Store {
             }
             log.push(record);
         }
-        Ok(Recovered { node_id, checkpoint, snapshots, log, hlc_high })
+        let feed = tx.open_table(FEED).map_err(|e| self.io(e))?;
+        let next_feed = feed.last().map_err(|e| self.io(e))?.map_or(1, |(key, _)| key.value() + 1);
+        Ok(Recovered { node_id, checkpoint, snapshots, log, hlc_high, next_feed })
     }
 
     /// Commits `batch` atomically and durably (fsync before returning).
@@ -289,6 +361,13 @@ impl Store {
             }
             for &(origin, upto) in &batch.truncate {
                 log.retain_in((origin.0, 0)..=(origin.0, upto), |_, _| false).map_err(|e| self.io(e))?;
+            }
+            let mut feed = tx.open_table(FEED).map_err(|e| self.io(e))?;
+            for (index, entry) in &batch.feed {
+                feed.insert(*index, seal(&entry.encode()).as_slice()).map_err(|e| self.io(e))?;
+            }
+            if let Some(keep_from) = batch.feed_keep_from {
+                feed.retain_in(..keep_from, |_, _| false).map_err(|e| self.io(e))?;
             }
             let mut docs = tx.open_table(DOCS).map_err(|e| self.io(e))?;
             for (id, bytes) in &batch.snapshots {
@@ -312,6 +391,11 @@ impl Store {
             }
         }
         tx.commit().map_err(|e| self.io(e))
+    }
+
+    /// A reader of the feed usable from other threads.
+    pub fn feed_reader(&self) -> FeedReader {
+        FeedReader { db: self.db.clone(), path: self.path.clone() }
     }
 
     /// Path of the store file.
@@ -351,8 +435,17 @@ mod tests {
                 snapshots: vec![(DocId::new("d").unwrap(), vec![1, 2, 3])],
                 checkpoint: Some(checkpoint.clone()),
                 truncate: vec![(NodeId(7), 2)],
+                feed: (1..=3)
+                    .map(|seq| {
+                        let r = record(seq);
+                        (seq, FeedEntry { doc: r.doc, origin: r.meta.origin, seq, hlc: r.meta.hlc })
+                    })
+                    .collect(),
+                feed_keep_from: None,
             })
             .unwrap();
+        let feed = store.feed_reader().read_after(1, 10).unwrap();
+        assert_eq!(feed.iter().map(|(i, e)| (*i, e.seq)).collect::<Vec<_>>(), vec![(2, 2), (3, 3)]);
         drop(store);
         let (_, again) = Store::open(&dir, "eu-west").unwrap();
         assert_eq!(again.node_id, first.node_id);
@@ -360,6 +453,7 @@ mod tests {
         assert_eq!(again.log, vec![record(3)]);
         assert_eq!(again.snapshots.len(), 1);
         assert_eq!(again.hlc_high, Hlc::new(30, 0));
+        assert_eq!(again.next_feed, 4, "feed indices continue after a restart");
         let err = Store::open(&dir, "us-east").err().unwrap();
         assert!(err.to_string().contains("belongs to region \"eu-west\""), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -19,7 +19,8 @@ fn now_ms() -> u64 {
 }
 
 async fn fault(client: &reqwest::Client, url: &str, body: Value) {
-    let reply = client.post(format!("{url}/v1/admin/faults")).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
+    let reply =
+        client.post(format!("{url}/v1/admin/faults")).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
     assert!(reply.status().is_success(), "{}", reply.text().await.unwrap());
 }
 
@@ -35,7 +36,11 @@ async fn put(client: &reqwest::Client, url: &str, doc: &str, body: Value) -> Val
 }
 
 /// Reads a document and returns (status, staleness header in ms, body text).
-async fn read(client: &reqwest::Client, url: &str, path: &str) -> (u16, Option<u64>, String, reqwest::header::HeaderMap) {
+async fn read(
+    client: &reqwest::Client,
+    url: &str,
+    path: &str,
+) -> (u16, Option<u64>, String, reqwest::header::HeaderMap) {
     let reply = client.get(format!("{url}{path}")).send().await.unwrap();
     let status = reply.status().as_u16();
     let headers = reply.headers().clone();
@@ -87,11 +92,18 @@ async fn staleness_is_truthful_through_a_partition_and_bounded_reads_obey_it() {
         let before = now_ms();
         let (status, staleness, body, _) = read(&client, &c, "/v1/docs/doc").await;
         assert_eq!(status, 200);
-        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"v": 0}), "the write cannot have crossed the cut");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"v": 0}),
+            "the write cannot have crossed the cut"
+        );
         let staleness = staleness.unwrap();
         // The oldest write missing here was made at write_ms; the read began at `before`.
         let true_staleness = before.saturating_sub(write_ms);
-        assert!(staleness + 1 >= true_staleness, "reported {staleness} ms is below the true staleness {true_staleness} ms");
+        assert!(
+            staleness + 1 >= true_staleness,
+            "reported {staleness} ms is below the true staleness {true_staleness} ms"
+        );
         samples.push((before, staleness));
     }
     let (first, last) = (samples[0], samples[samples.len() - 1]);
@@ -171,7 +183,11 @@ async fn a_token_read_at_another_region_never_misses_the_write() {
     fault(&client, &b, json!({"peer_region": "us-east", "cut": true})).await;
     fault(&client, &a, json!({"peer_region": "eu-west", "cut": true})).await;
     let written = put(&client, &a, "ryw", json!({"i": "cut"})).await;
-    let reply = client.get(format!("{b}/v1/docs/ryw?after={}&wait_ms=300", written["token"].as_str().unwrap())).send().await.unwrap();
+    let reply = client
+        .get(format!("{b}/v1/docs/ryw?after={}&wait_ms=300", written["token"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reply.status(), 504);
     let problem: Value = reply.json().await.unwrap();
     assert_eq!(problem["behind"][0]["region"], "us-east", "{problem:#}");
@@ -194,7 +210,10 @@ async fn snapshot_reads_at_two_regions_are_identical() {
             let reply = client
                 .patch(format!("{url}/v1/docs/snap"))
                 .header("content-type", "application/json-patch+json")
-                .body(json!([{"op":"increment","path":"/n","value":value},{"op":"add","path":"/log/-","value":value}]).to_string())
+                .body(
+                    json!([{"op":"increment","path":"/n","value":value},{"op":"add","path":"/log/-","value":value}])
+                        .to_string(),
+                )
                 .send()
                 .await
                 .unwrap();
@@ -208,7 +227,8 @@ async fn snapshot_reads_at_two_regions_are_identical() {
         let (x, y) = tokio::join!(patch(a.clone(), 1), patch(b.clone(), 100));
         let _ = (x, y);
         if round % 2 == 1 {
-            let now = meridian_crdt::Hlc::new(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64, 0);
+            let now =
+                meridian_crdt::Hlc::new(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64, 0);
             cuts.push(now.to_string());
         }
         tokio::time::sleep(Duration::from_millis(30)).await;

@@ -12,5 +12,5 @@ pub mod node;
 pub mod router;
 
 pub use error::ApiError;
-pub use node::{DocRead, FaultSpec, Freshness, Lag, Node, NodeError, ReadOptions, WriteAck};
+pub use node::{DocRead, FaultSpec, FeedEvent, Freshness, Lag, Node, NodeError, ReadOptions, WriteAck};
 pub use router::{router, WebConfig};

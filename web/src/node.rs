@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use meridian_crdt::{DocId, Hlc, Token, WriteError, WriteOp};
+use meridian_crdt::{DocId, Hlc, NodeId, Token, WriteError, WriteOp};
 use serde_json::Value as Json;
 
 /// A successful, durable write.
@@ -55,6 +55,26 @@ pub struct ReadOptions {
     pub max_staleness_ms: Option<u64>,
     /// How long `after` and `at` may wait.
     pub wait: std::time::Duration,
+}
+
+/// One applied change, as event streams show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FeedEvent {
+    /// The feed index: the event id, increasing in local apply order, stable across restarts.
+    #[serde(skip)]
+    pub index: u64,
+    /// The document.
+    pub doc: DocId,
+    /// The region the change came from.
+    pub region: String,
+    /// The origin node.
+    pub origin: NodeId,
+    /// The origin's sequence number.
+    pub seq: u64,
+    /// The change's HLC.
+    pub hlc: Hlc,
+    /// Token naming the change.
+    pub token: String,
 }
 
 /// How far one region is behind what a read asked for.
@@ -152,6 +172,16 @@ pub trait Node: Send + Sync + 'static {
 
     /// A document's changes; `None` if the document is unknown.
     fn history(&self, id: DocId) -> Result<Option<Json>, NodeError>;
+
+    /// Turns true when the node begins to stop; long-lived responses (event
+    /// streams) end then, so graceful shutdown does not wait on them forever.
+    fn stopping(&self) -> tokio::sync::watch::Receiver<bool>;
+
+    /// Live feed of applied changes, and the index of the newest one so far.
+    fn subscribe_feed(&self) -> Result<(tokio::sync::broadcast::Receiver<FeedEvent>, u64), NodeError>;
+
+    /// Stored feed entries after `after` (for resuming a stream), at most `limit`.
+    fn feed_after(&self, after: u64, limit: usize) -> impl Future<Output = Result<Vec<FeedEvent>, NodeError>> + Send;
 
     /// Ids of existing documents with `prefix`, after `after`, at most `limit`.
     fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<DocId>, NodeError>;

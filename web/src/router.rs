@@ -22,7 +22,7 @@ use serde_json::{json, Value as JsonValue};
 use crate::api::{ListResponse, WriteResponse, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, TOKEN_HEADER};
 use crate::error::ApiError;
 use crate::metrics::{self, HttpMetrics};
-use crate::node::{Freshness, Node, ReadOptions, WriteAck};
+use crate::node::{FeedEvent, Freshness, Node, ReadOptions, WriteAck};
 
 /// HTTP-level limits.
 #[derive(Clone, Debug)]
@@ -70,6 +70,7 @@ pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
         .route("/v1/docs", get(list_docs::<N>))
         .route("/v1/cluster", get(cluster::<N>))
         .route("/v1/writes/{token}", get(get_receipt::<N>))
+        .route("/v1/events", get(all_events::<N>))
         .route("/v1/admin/faults", get(get_faults::<N>).post(post_fault::<N>).delete(delete_faults::<N>))
         .route("/v1/docs/{*id}", get(get_doc::<N>).put(put_doc::<N>).patch(patch_doc::<N>).delete(delete_doc::<N>))
         .fallback(no_route)
@@ -311,13 +312,7 @@ async fn get_doc<N: Node>(
                 .map(|json| Json(json).into_response())
                 .ok_or_else(|| ApiError::doc_not_found(id.as_str()))
         }
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no-route",
-                format!("/{other} is not available on this node yet"),
-            ))
-        }
+        Some(_) => return events_response(state.node.clone(), EventFilter::Doc(id), &headers).await,
         None => {}
     }
     let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
@@ -558,4 +553,131 @@ async fn delete_faults<N: Node>(
 ) -> Result<Json<JsonValue>, ApiError> {
     require_admin(&state, &headers)?;
     Ok(Json(state.node.clear_faults()?))
+}
+
+/// Which events a stream carries.
+#[derive(Clone)]
+enum EventFilter {
+    /// One document's.
+    Doc(DocId),
+    /// Documents whose id starts with this prefix (empty: all).
+    Prefix(String),
+}
+
+impl EventFilter {
+    fn matches(&self, event: &FeedEvent) -> bool {
+        match self {
+            EventFilter::Doc(id) => &event.doc == id,
+            EventFilter::Prefix(prefix) => event.doc.as_str().starts_with(prefix.as_str()),
+        }
+    }
+}
+
+async fn all_events<N: Node>(
+    State(state): State<AppState<N>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
+    if let Some(unknown) = params.keys().find(|k| k.as_str() != "prefix") {
+        return Err(ApiError::bad_request(
+            "bad-query",
+            format!("unknown query parameter {unknown:?}; the event stream takes prefix"),
+        ));
+    }
+    let prefix = params.get("prefix").cloned().unwrap_or_default();
+    if !prefix.is_empty() {
+        DocId::new(&prefix).map_err(|err| ApiError::bad_request("bad-query", format!("prefix: {err}")))?;
+    }
+    events_response(state.node.clone(), EventFilter::Prefix(prefix), &headers).await
+}
+
+/// Server-sent events of applied changes. Event ids are feed indices, stable
+/// across restarts; `Last-Event-ID` resumes after the given id without gaps
+/// or duplicates (within the feed's retention; older ids get a `gap` event).
+async fn events_response<N: Node>(
+    node: Arc<N>,
+    filter: EventFilter,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let last_event_id = match header_text(headers, header::HeaderName::from_static("last-event-id"))? {
+        None => None,
+        Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad-last-event-id",
+                "Last-Event-ID must be an event id this stream sent (a whole number)",
+            )
+        })?),
+    };
+    // Subscribe before reading the backlog, so nothing committed in between is missed.
+    let (live, head) = node.subscribe_feed()?;
+    let stopping = node.stopping();
+    struct Stream<N> {
+        node: Arc<N>,
+        live: tokio::sync::broadcast::Receiver<FeedEvent>,
+        last: u64,
+        backlog: std::collections::VecDeque<FeedEvent>,
+        catching_up: bool,
+        filter: EventFilter,
+        announced_gap: bool,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    }
+    let start = Stream {
+        node,
+        live,
+        last: last_event_id.unwrap_or(head),
+        backlog: Default::default(),
+        catching_up: last_event_id.is_some(),
+        filter,
+        announced_gap: false,
+        stopping,
+    };
+    let stream = futures_util::stream::unfold(start, |mut st| async move {
+        loop {
+            if let Some(event) = st.backlog.pop_front() {
+                if event.index <= st.last {
+                    continue;
+                }
+                if event.index > st.last + 1 && !st.announced_gap {
+                    // The feed no longer holds what came between: say so rather than skip silently.
+                    st.announced_gap = true;
+                    let data = json!({"missing_after": st.last, "resumes_at": event.index}).to_string();
+                    st.backlog.push_front(event);
+                    return Some((Ok::<Event, std::convert::Infallible>(Event::default().event("gap").data(data)), st));
+                }
+                st.last = event.index;
+                if st.filter.matches(&event) {
+                    let data = serde_json::to_string(&event).unwrap_or_default();
+                    return Some((Ok(Event::default().id(event.index.to_string()).event("change").data(data)), st));
+                }
+                continue;
+            }
+            if st.catching_up {
+                match st.node.feed_after(st.last, 512).await {
+                    Ok(batch) if !batch.is_empty() => {
+                        st.backlog.extend(batch);
+                        continue;
+                    }
+                    Ok(_) => st.catching_up = false,
+                    Err(_) => return None,
+                }
+            }
+            if *st.stopping.borrow() {
+                return None;
+            }
+            let received = tokio::select! {
+                received = st.live.recv() => received,
+                _ = st.stopping.changed() => return None,
+            };
+            match received {
+                Ok(event) if event.index <= st.last => continue,
+                Ok(event) if event.index == st.last + 1 => st.backlog.push_back(event),
+                // Missed something (lag, or events committed before we subscribed): read it from disk.
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => st.catching_up = true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))).into_response())
 }
