@@ -5,6 +5,7 @@
 //! staleness refuses when the bound is not met and succeeds when it is; `?at`
 //! reads at two regions are identical.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meridian_tests::{TestCluster, ADMIN_TOKEN};
@@ -246,4 +247,63 @@ async fn snapshot_reads_at_two_regions_are_identical() {
     let (status, _, body, _) = read(&client, &a, &format!("/v1/docs/snap?at={future}&wait_ms=200")).await;
     assert_eq!(status, 504, "{body}");
     let _ = b;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_history_and_receipts_tell_the_same_story_everywhere() {
+    let mut cluster = TestCluster::new("stale-conflicts", &["us-east", "eu-west"]);
+    cluster.start(0, &[], &[]);
+    cluster.start(1, &[0], &[]);
+    let client = client();
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    put(&client, &a, "profile", json!({"name": "ada", "city": "london"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fault(&client, &a, json!({"peer_region": "eu-west", "cut": true})).await;
+    fault(&client, &b, json!({"peer_region": "us-east", "cut": true})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let from_a = put(&client, &a, "profile", json!({"name": "ada", "city": "paris"})).await;
+    put(&client, &b, "profile", json!({"name": "ada", "city": "rome"})).await;
+    heal(&client, &a).await;
+    heal(&client, &b).await;
+    let token = from_a["token"].as_str().unwrap();
+    let (status, _, _, _) = read(&client, &b, &format!("/v1/docs/profile?after={token}&wait_ms=10000")).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let conflicts_a: Value =
+        client.get(format!("{a}/v1/docs/profile/conflicts")).send().await.unwrap().json().await.unwrap();
+    let conflicts_b: Value =
+        client.get(format!("{b}/v1/docs/profile/conflicts")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(conflicts_a, conflicts_b, "both regions must report the same conflicts");
+    let city = &conflicts_a["conflicts"][0];
+    assert_eq!(city["path"], "/city", "{conflicts_a:#}");
+    let values = city["values"].as_array().unwrap();
+    assert_eq!(values.len(), 2);
+    let regions: BTreeSet<&str> = values.iter().map(|v| v["region"].as_str().unwrap()).collect();
+    assert_eq!(regions, BTreeSet::from(["us-east", "eu-west"]));
+    assert_eq!(values.iter().filter(|v| v["wins"] == true).count(), 1);
+    let winner = values.iter().find(|v| v["wins"] == true).unwrap()["value"].clone();
+    let doc: Value = client.get(format!("{b}/v1/docs/profile")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["city"], winner, "reads return the winning value");
+
+    let history: Value = client.get(format!("{a}/v1/docs/profile/history")).send().await.unwrap().json().await.unwrap();
+    let writes: Vec<&Value> = history["changes"].as_array().unwrap().iter().filter(|c| c["kind"] == "write").collect();
+    assert_eq!(writes.len(), 3, "{history:#}");
+    assert!(writes.iter().all(|c| c["hlc"].is_string() && c["seq"].is_u64() && c["bytes"].as_u64().unwrap() > 0));
+    let hlcs: Vec<&str> = writes.iter().map(|c| c["hlc"].as_str().unwrap()).collect();
+    assert!(hlcs
+        .windows(2)
+        .all(|w| meridian_crdt::Hlc::parse(w[0]).unwrap() <= meridian_crdt::Hlc::parse(w[1]).unwrap()));
+
+    let receipt: Value = client.get(format!("{a}/v1/writes/{token}")).send().await.unwrap().json().await.unwrap();
+    let rows = receipt["writes"][0]["regions"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{receipt:#}");
+    for row in rows {
+        assert_eq!(row["applied"], true, "{receipt:#}");
+        assert!(row["learned_at"].is_string(), "{receipt:#}");
+    }
+    let reply = client.get(format!("{a}/v1/writes/garbage!")).send().await.unwrap();
+    assert_eq!(reply.status(), 400);
+    let reply = client.put(format!("{a}/v1/docs/x/history")).json(&json!({})).send().await.unwrap();
+    assert_eq!(reply.status(), 400, "ids ending in /history cannot be written");
 }
