@@ -3,6 +3,8 @@
 
 pub mod certs;
 pub mod config;
+pub mod demo;
+pub mod http_client;
 pub mod runtime;
 pub mod storage;
 

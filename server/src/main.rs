@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(Box<ServeArgs>),
+    /// Run a multi-region cluster on this machine (or drive a running one).
+    Demo(Box<meridian_server::demo::DemoArgs>),
     /// Make the certificates nodes use to authenticate each other.
     Certs {
         #[command(subcommand)]
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Certs { command } => run_certs(command),
+        Command::Demo(args) => ExitCode::from(meridian_server::demo::run(*args) as u8),
         Command::Serve(args) => {
             let config = match Config::resolve(*args) {
                 Ok(config) => config,

@@ -170,11 +170,20 @@ impl Core {
         let mut per_region = Vec::new();
         let applied = self.replica.applied_version_vector();
         if let Some(gossip) = &self.gossip {
-            for member in gossip.members(Instant::now()) {
-                let node = member.info.node;
+            // Every member, and every origin whose changes we hold even if it is
+            // not (yet) a known member, e.g. right after a restart before gossip
+            // reconnects: an origin with no closed timestamp here is as stale as
+            // can be, never silently fresh.
+            let mut origins: BTreeMap<NodeId, String> =
+                gossip.members(Instant::now()).into_iter().map(|m| (m.info.node, m.info.region)).collect();
+            for origin in self.replica.version_vector().origins().chain(applied.origins()) {
+                origins.entry(origin).or_insert_with(|| origin.to_string());
+            }
+            origins.remove(&own);
+            for (node, region) in origins {
                 let closed = gossip.effective_closed(node, applied.contiguous(node)).map(|c| c.t).unwrap_or_default();
                 let staleness_ms = now_ns.saturating_sub(closed.wall_ns()) / 1_000_000;
-                per_region.push((member.info.region.clone(), staleness_ms));
+                per_region.push((region, staleness_ms));
                 safe_time = safe_time.min(closed);
             }
         }
@@ -535,7 +544,7 @@ impl NodeRuntime {
         })
     }
 
-    async fn read_inner(&self, id: DocId, options: ReadOptions) -> Result<Option<DocRead>, NodeError> {
+    async fn read_inner(&self, id: DocId, options: ReadOptions) -> Result<DocRead, NodeError> {
         if let Some(err) = self.unavailable() {
             return Err(err);
         }
@@ -586,7 +595,7 @@ impl NodeRuntime {
                 }
             }
             let Some(state) = core.replica.document(&id) else {
-                return Ok(None);
+                return Ok(DocRead { json: None, etag: String::new(), freshness });
             };
             let (json, etag) = match options.at {
                 Some(at) => {
@@ -600,7 +609,7 @@ impl NodeRuntime {
         };
         // The snapshot may hold local changes not yet durable: answer only once they are.
         self.wait_durable(last_local).await?;
-        Ok(json.map(|json| DocRead { json, etag, freshness }))
+        Ok(DocRead { json, etag, freshness })
     }
 
     /// Waits for applied state or closed timestamps to move; false at the deadline.
@@ -844,11 +853,15 @@ impl NodeRuntime {
         let own_prefixes: BTreeMap<NodeId, u64> =
             own_applied.origins().map(|o| (o, own_applied.contiguous(o))).collect();
         let own_digest = replica.digest();
-        let converged = members.iter().filter(|m| m.state != meridian_gossip::PeerState::Down).all(|m| {
-            let theirs: BTreeMap<NodeId, u64> =
-                m.applied.iter().filter(|(_, &p)| p > 0).map(|(o, p)| (*o, *p)).collect();
-            theirs == own_prefixes && m.digest == Some(own_digest)
-        });
+        let member_ids: std::collections::BTreeSet<NodeId> = members.iter().map(|m| m.info.node).collect();
+        let knows_every_origin =
+            replica.version_vector().origins().all(|o| o == self.node_id || member_ids.contains(&o));
+        let converged = knows_every_origin
+            && members.iter().filter(|m| m.state != meridian_gossip::PeerState::Down).all(|m| {
+                let theirs: BTreeMap<NodeId, u64> =
+                    m.applied.iter().filter(|(_, &p)| p > 0).map(|(o, p)| (*o, *p)).collect();
+                theirs == own_prefixes && m.digest == Some(own_digest)
+            });
         let pending = replica.pending_count();
         let log_entries = replica.log().len();
         let documents = replica.live_count();
@@ -938,7 +951,7 @@ impl Node for NodeRuntime {
         self.write_inner(id, op, if_match).await
     }
 
-    async fn read(&self, id: DocId, options: ReadOptions) -> Result<Option<DocRead>, NodeError> {
+    async fn read(&self, id: DocId, options: ReadOptions) -> Result<DocRead, NodeError> {
         self.read_inner(id, options).await
     }
 
@@ -1739,7 +1752,7 @@ impl Node for NodeHandle {
         self.get()?.write_inner(id, op, if_match).await
     }
 
-    async fn read(&self, id: DocId, options: ReadOptions) -> Result<Option<DocRead>, NodeError> {
+    async fn read(&self, id: DocId, options: ReadOptions) -> Result<DocRead, NodeError> {
         self.get()?.read_inner(id, options).await
     }
 

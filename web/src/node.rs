@@ -20,11 +20,11 @@ pub struct WriteAck {
     pub etag: String,
 }
 
-/// A document as read, with how fresh the read is.
+/// A document as read (or found missing), with how fresh the read is.
 #[derive(Clone, Debug)]
 pub struct DocRead {
-    /// The document's JSON.
-    pub json: Json,
+    /// The document's JSON; `None` if it does not exist (as far as this replica knows).
+    pub json: Option<Json>,
     /// Strong validator of the document's state.
     pub etag: String,
     /// Freshness of the replica that answered.
@@ -160,9 +160,10 @@ pub trait Node: Send + Sync + 'static {
         if_match: Option<String>,
     ) -> impl Future<Output = Result<WriteAck, NodeError>> + Send;
 
-    /// Reads a document; `None` if it does not exist. Never returns state
-    /// that is not yet durable. Honours the consistency controls in `options`.
-    fn read(&self, id: DocId, options: ReadOptions) -> impl Future<Output = Result<Option<DocRead>, NodeError>> + Send;
+    /// Reads a document (its JSON is `None` if it does not exist), always with
+    /// the replica's freshness. Never returns state that is not yet durable.
+    /// Honours the consistency controls in `options`.
+    fn read(&self, id: DocId, options: ReadOptions) -> impl Future<Output = Result<DocRead, NodeError>> + Send;
 
     /// For each region: whether it has applied the write(s) a token names, and when this node learned so.
     fn receipt(&self, token: Token) -> Result<Json, NodeError>;

@@ -318,13 +318,17 @@ async fn get_doc<N: Node>(
     let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
     let options = read_options(&params, &headers)?;
     let if_none_match = header_text(&headers, header::IF_NONE_MATCH)?;
-    let Some(read) = state.node.read(id.clone(), options).await? else {
-        return Err(ApiError::doc_not_found(id.as_str()));
+    let read = state.node.read(id.clone(), options).await?;
+    let Some(json) = read.json else {
+        // Missing here, as of this replica's freshness: say how fresh that answer is.
+        let mut response = ApiError::doc_not_found(id.as_str()).into_response();
+        freshness_headers(response.headers_mut(), &read.freshness);
+        return Ok(response);
     };
     let mut response = if if_none_match.is_some_and(|list| none_match(&list, &read.etag)) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(read.json).into_response()
+        Json(json).into_response()
     };
     let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&read.etag) {
