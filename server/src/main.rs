@@ -20,6 +20,12 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run a multi-region cluster on this machine (or drive a running one).
     Demo(Box<meridian_server::demo::DemoArgs>),
+    /// Exit 0 if a node answers 200 at URL (for container health checks).
+    Health {
+        /// The URL to probe, e.g. http://127.0.0.1:7070/readyz
+        #[arg(long, default_value = "http://127.0.0.1:7070/readyz")]
+        url: String,
+    },
     /// Make the certificates nodes use to authenticate each other.
     Certs {
         #[command(subcommand)]
@@ -35,6 +41,16 @@ enum CertsCommand {
         #[arg(long)]
         dir: std::path::PathBuf,
     },
+    /// Make whatever is missing: the CA, a certificate per node, and an admin
+    /// token file (for one-shot setup jobs; never overwrites).
+    Ensure {
+        /// Directory for ca.pem, ca.key, node certificates and admin.token.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Node names (repeatable, or comma-separated).
+        #[arg(long = "node", value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
     /// Issue a node certificate (NAME.pem, NAME.key) signed by the CA in DIR.
     Issue {
         /// Directory holding ca.pem and ca.key.
@@ -46,12 +62,44 @@ enum CertsCommand {
     },
 }
 
+fn ensure_certs(dir: &std::path::Path, nodes: &[String]) -> Result<(), meridian_server::certs::CertError> {
+    if !dir.join("ca.pem").exists() {
+        meridian_server::certs::init(dir)?;
+        println!("cluster CA created in {}", dir.display());
+    }
+    for node in nodes {
+        if !dir.join(format!("{node}.pem")).exists() {
+            meridian_server::certs::issue(dir, node)?;
+            println!("certificate issued for {node}");
+        }
+    }
+    let token = dir.join("admin.token");
+    if !token.exists() {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| meridian_server::certs::CertError::Io {
+            action: "making an admin token",
+            path: token.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&token, text).map_err(|source| meridian_server::certs::CertError::Io {
+            action: "writing",
+            path: token.clone(),
+            source,
+        })?;
+        println!("admin token written to {}", token.display());
+    }
+    println!("certificates ready in {}", dir.display());
+    Ok(())
+}
+
 fn run_certs(command: CertsCommand) -> ExitCode {
     let result = match command {
         CertsCommand::Init { dir } => meridian_server::certs::init(&dir).map(|report| {
             println!("cluster CA created: {} (key: {})", report.ca_cert.display(), report.ca_key.display());
             println!("next: meridian certs issue --dir {} --node <region>", dir.display());
         }),
+        CertsCommand::Ensure { dir, nodes } => ensure_certs(&dir, &nodes),
         CertsCommand::Issue { dir, node } => meridian_server::certs::issue(&dir, &node).map(|report| {
             println!("certificate for {}: {} (key: {})", report.node, report.cert.display(), report.key.display());
             println!("start the node with: meridian serve --region {} --certs {}", report.node, dir.display());
@@ -105,6 +153,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Certs { command } => run_certs(command),
+        Command::Health { url } => {
+            let rest = url.trim_start_matches("http://");
+            let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+            match meridian_server::http_client::request(
+                host,
+                "GET",
+                &path,
+                &[],
+                None,
+                std::time::Duration::from_secs(3),
+            ) {
+                Ok(reply) if reply.status == 200 => ExitCode::SUCCESS,
+                Ok(reply) => {
+                    eprintln!("meridian health: {url} answered {}", reply.status);
+                    ExitCode::FAILURE
+                }
+                Err(err) => {
+                    eprintln!("meridian health: {url}: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo(args) => ExitCode::from(meridian_server::demo::run(*args) as u8),
         Command::Serve(args) => {
             let config = match Config::resolve(*args) {
