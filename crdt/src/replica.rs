@@ -162,6 +162,23 @@ impl Replica {
         hlc: Hlc,
         if_match: Option<&str>,
     ) -> Result<WriteReceipt, WriteError> {
+        let new_entry = !self.docs.contains_key(id);
+        let result = self.local_write_inner(id, op, hlc, if_match);
+        if result.is_err() && new_entry {
+            // A refused write must leave nothing behind, not even an empty document.
+            self.docs.remove(id);
+            self.all_ids.remove(id.as_str());
+        }
+        result
+    }
+
+    fn local_write_inner(
+        &mut self,
+        id: &DocId,
+        op: &WriteOp,
+        hlc: Hlc,
+        if_match: Option<&str>,
+    ) -> Result<WriteReceipt, WriteError> {
         let state = Self::doc_entry(&mut self.docs, &mut self.all_ids, id);
         let existed = state.doc.exists();
         if let Some(expected) = if_match {
@@ -211,11 +228,10 @@ impl Replica {
         let mut outcome = ApplyOutcome::default();
         let mut per_doc: BTreeMap<DocId, Vec<Change>> = BTreeMap::new();
         let mut accepted: Vec<(ChangeRecord, Vec<automerge::ChangeHash>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for record in records {
             let (origin, seq) = (record.meta.origin, record.meta.seq);
-            if self.vv.contains(origin, seq)
-                || accepted.iter().any(|(r, _)| r.meta.origin == origin && r.meta.seq == seq)
-            {
+            if self.vv.contains(origin, seq) || !seen.insert((origin, seq)) {
                 outcome.duplicates += 1;
                 continue;
             }
@@ -233,13 +249,23 @@ impl Replica {
         let touched: Vec<DocId> = per_doc.keys().cloned().collect();
         for (id, changes) in per_doc {
             let state = Self::doc_entry(&mut self.docs, &mut self.all_ids, &id);
-            if let Err(err) = state.doc.apply_changes(changes) {
-                // A change automerge cannot apply: refuse every record of this document's batch.
+            if state.doc.apply_changes(changes).is_err() {
+                // One bad change must not take the good ones with it: retry
+                // this document's records one by one, refusing only those that fail.
+                let mut refused = Vec::new();
                 for (record, _) in accepted.iter().filter(|(r, _)| r.doc == id) {
-                    outcome.rejected.push((record.meta.origin, record.meta.seq, err.to_string()));
+                    let one: Result<Vec<Change>, _> =
+                        record.changes.iter().map(|b| Change::from_bytes(b.clone())).collect();
+                    let applied = match one {
+                        Ok(changes) => state.doc.apply_changes(changes).map_err(|e| e.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    if let Err(err) = applied {
+                        refused.push((record.meta.origin, record.meta.seq, err));
+                    }
                 }
-                accepted.retain(|(r, _)| r.doc != id);
-                continue;
+                accepted.retain(|(r, _)| !refused.iter().any(|(o, s, _)| r.meta.origin == *o && r.meta.seq == *s));
+                outcome.rejected.extend(refused);
             }
             let exists = state.doc.exists();
             self.track_existence(&id, exists);

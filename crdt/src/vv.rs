@@ -69,6 +69,21 @@ impl VersionVector {
         ranges.insert(new_start, new_end);
     }
 
+    /// Forgets every sequence number of `origin` above `max`.
+    pub fn cap(&mut self, origin: NodeId, max: u64) {
+        let Some(ranges) = self.origins.get_mut(&origin) else { return };
+        let above: Vec<u64> = ranges.range(max.saturating_add(1)..).map(|(&s, _)| s).collect();
+        for start in above {
+            ranges.remove(&start);
+        }
+        if let Some((_, end)) = ranges.range_mut(..=max).next_back() {
+            *end = (*end).min(max);
+        }
+        if ranges.is_empty() {
+            self.origins.remove(&origin);
+        }
+    }
+
     /// Whether `(origin, seq)` is held.
     pub fn contains(&self, origin: NodeId, seq: u64) -> bool {
         self.origins
@@ -194,6 +209,17 @@ mod tests {
         assert_eq!(vv.contiguous(A), 3);
         assert!(!vv.has_gaps());
         assert_eq!(vv.ranges(A).len(), 1);
+    }
+
+    #[test]
+    fn cap_forgets_everything_above() {
+        let mut vv = VersionVector::new();
+        vv.insert_range(A, 1, 10);
+        vv.insert_range(A, 20, 30);
+        vv.cap(A, 5);
+        assert_eq!(vv.ranges(A), vec![SeqRange { origin: A, start: 1, end: 5 }]);
+        vv.cap(A, 0);
+        assert_eq!(vv.origins().count(), 0);
     }
 
     #[test]

@@ -224,6 +224,8 @@ struct Peer {
     /// When we first learned of each advance of `applied`: (origin, new prefix, our wall ns).
     receipts: VecDeque<(NodeId, u64, u64)>,
     digest: Option<[u8; 32]>,
+    /// The state transfer being received from this peer: (id, next chunk expected, a chunk was missed).
+    incoming_transfer: Option<(u64, u64, bool)>,
     last_heard: Option<Instant>,
     vv: VersionVector,
     hlc: Option<Hlc>,
@@ -245,6 +247,7 @@ struct Transfer {
     id: u64,
     covers: VersionVector,
     after: Option<String>,
+    chunks_sent: u64,
 }
 
 struct Dial {
@@ -331,11 +334,16 @@ pub struct Gossip {
     next_transfer_id: u64,
     /// Closed timestamps known per origin (ours too), oldest first, bounded.
     closed: BTreeMap<NodeId, VecDeque<Closed>>,
+    /// The last local sequence number known durable. Local changes above it
+    /// are applied in memory but a crash could still take them back (and the
+    /// sequence number would be reused), so they are never advertised, sent
+    /// by anti-entropy, or included in a state transfer.
+    local_durable: u64,
 }
 
 /// Closed timestamps kept per origin: enough that one whose changes are
 /// applied here is usually still at hand while newer ones wait.
-const CLOSED_KEPT: usize = 256;
+const CLOSED_KEPT: usize = 4096;
 /// Receipt transitions kept per member.
 const RECEIPTS_KEPT: usize = 8192;
 
@@ -359,6 +367,7 @@ impl Gossip {
             counters: Counters::default(),
             next_transfer_id: 1,
             closed: BTreeMap::new(),
+            local_durable: 0,
             config,
         };
         for seed in gossip.config.seeds.clone() {
@@ -507,6 +516,8 @@ impl Gossip {
             for peer in self.peers.values_mut().filter(|p| p.info.addr == addr) {
                 peer.sent = VersionVector::new();
                 peer.stats.queue_drops += 1;
+                // A lost chunk breaks a state transfer: start over rather than claim its vector.
+                peer.transfer = None;
             }
         }
     }
@@ -612,6 +623,7 @@ impl Gossip {
                         applied: BTreeMap::new(),
                         receipts: VecDeque::new(),
                         digest: None,
+                        incoming_transfer: None,
                         last_heard: None,
                         vv: VersionVector::new(),
                         hlc: None,
@@ -657,7 +669,26 @@ impl Gossip {
                 }
             }
             Message::Snapshot(chunk) => {
-                self.events.push_back(Event::Snapshot { from, docs: chunk.docs, covers: chunk.covers });
+                // `covers` may only be claimed if every chunk of this transfer arrived, in order.
+                let state = match peer.incoming_transfer {
+                    Some((id, next, missed)) if id == chunk.transfer => {
+                        (id, chunk.chunk + 1, missed || chunk.chunk != next)
+                    }
+                    _ => (chunk.transfer, chunk.chunk + 1, chunk.chunk != 0),
+                };
+                peer.incoming_transfer = Some(state);
+                let covers = match chunk.covers {
+                    Some(covers) if !state.2 => Some(covers),
+                    Some(_) => {
+                        tracing::warn!(peer = %from, transfer = chunk.transfer, "state transfer missed a chunk; its vector is not claimed");
+                        None
+                    }
+                    None => None,
+                };
+                if covers.is_some() {
+                    peer.incoming_transfer = None;
+                }
+                self.events.push_back(Event::Snapshot { from, docs: chunk.docs, covers });
             }
         }
     }
@@ -708,14 +739,20 @@ impl Gossip {
         }
         let mut known = peer.vv.clone();
         known.merge(&peer.sent);
-        let missing = replica.version_vector().missing_from(&known);
+        let mut advertised = replica.version_vector().clone();
+        advertised.cap(self.config.node, self.local_durable);
+        let missing = advertised.missing_from(&known);
         if missing.is_empty() {
             peer.catchup.clear();
             return;
         }
         let log = replica.log();
-        let needs_transfer =
-            missing.iter().any(|range| log.first_seq(range.origin).is_none_or(|floor| floor > range.start));
+        // The log must hold every record of every missing range; a range it
+        // holds only in part (below its floor, or with holes after an earlier
+        // state transfer) can only be served by a state transfer.
+        let needs_transfer = missing.iter().any(|range| {
+            log.range(range.origin, range.start..=range.end).count() as u64 != range.end - range.start + 1
+        });
         if needs_transfer {
             if peer.transfer_done_at.is_some_and(|at| now.duration_since(at) < cooldown) {
                 return;
@@ -724,20 +761,25 @@ impl Gossip {
             self.next_transfer_id += 1;
             tracing::info!(peer = %node, transfer = id, "peer lacks changes the log no longer holds; starting state transfer");
             peer.catchup.clear();
-            peer.transfer = Some(Transfer { id, covers: replica.version_vector().clone(), after: None });
+            // A transfer covers what is applied (a change automerge holds back
+            // is not in the saved documents) and durable.
+            let mut covers = replica.applied_version_vector().clone();
+            covers.cap(self.config.node, self.local_durable);
+            peer.transfer = Some(Transfer { id, covers, after: None, chunks_sent: 0 });
             peer.stats.transfers_sent += 1;
         } else {
             peer.catchup = missing.into_iter().collect();
         }
-        self.pump_catchup(node, replica);
+        self.pump_catchup(now, node, replica);
     }
 
     /// Sends up to one tick's budget of catch-up or snapshot data to `node`.
-    fn pump_catchup(&mut self, node: NodeId, replica: &Replica) {
+    fn pump_catchup(&mut self, now: Instant, node: NodeId, replica: &Replica) {
         if self.conn_of(node).is_none() {
             return;
         }
         let batch_bytes_max = self.config.batch_bytes_max;
+        let local_durable = self.local_durable;
         let Some(peer) = self.peers.get_mut(&node) else {
             return;
         };
@@ -747,31 +789,45 @@ impl Gossip {
             let mut bytes = 0;
             let mut finished = true;
             for id in replica.all_doc_ids(transfer.after.as_deref(), usize::MAX) {
-                if bytes >= budget {
+                let Some(state) = replica.document(&id) else { continue };
+                if state.last_local_seq > local_durable {
+                    // Holds a local change not durable yet: wait for it (next tick).
                     finished = false;
                     break;
                 }
-                if let Some(state) = replica.document(&id) {
-                    let saved = state.doc.save();
-                    bytes += saved.len();
+                let saved = state.doc.save();
+                if saved.len() + 1024 > crate::message::FRAME_BYTES_MAX {
+                    // Cannot travel in one frame; the peer gets its changes from the log instead, if it still holds them.
+                    tracing::warn!(doc = %id, bytes = saved.len(), "document too large for a state-transfer frame; skipped");
                     transfer.after = Some(id.as_str().to_string());
-                    docs.push((id, saved));
+                    continue;
                 }
+                if !docs.is_empty() && bytes + saved.len() > budget {
+                    finished = false;
+                    break;
+                }
+                bytes += saved.len();
+                transfer.after = Some(id.as_str().to_string());
+                docs.push((id, saved));
             }
             let covers = finished.then(|| transfer.covers.clone());
-            let chunk = Message::Snapshot(SnapshotChunk { transfer: transfer.id, docs, covers: covers.clone() });
+            let chunk = Message::Snapshot(SnapshotChunk {
+                transfer: transfer.id,
+                chunk: transfer.chunks_sent,
+                docs,
+                covers: covers.clone(),
+            });
+            transfer.chunks_sent += 1;
             if finished {
                 peer.transfer = None;
+                peer.transfer_done_at = Some(now);
+                // What the transfer covered counts as sent from now on.
+                peer.sent_reset_at = Some(now);
                 if let Some(covers) = &covers {
                     peer.sent.merge(covers);
                 }
             }
             self.send(node, StreamKind::CatchUp, &chunk);
-            if finished {
-                if let Some(peer) = self.peers.get_mut(&node) {
-                    peer.transfer_done_at = peer.sent_reset_at;
-                }
-            }
             return;
         }
         let mut budget = self.config.catchup_bytes_per_tick;
@@ -815,6 +871,10 @@ impl Gossip {
 
     /// New durable local changes: queue them for every connected peer.
     pub fn handle_local_records(&mut self, now: Instant, records: &[ChangeRecord]) {
+        let own = self.config.node;
+        if let Some(max) = records.iter().filter(|r| r.meta.origin == own).map(|r| r.meta.seq).max() {
+            self.local_durable = self.local_durable.max(max);
+        }
         let queue_max = self.config.queue_bytes_max;
         let connected: Vec<NodeId> = self.peers.keys().copied().filter(|n| self.conn_of(*n).is_some()).collect();
         for node in connected {
@@ -881,6 +941,20 @@ impl Gossip {
         }
     }
 
+    /// What this node may claim to hold: its vector without local changes that are not durable yet.
+    fn advertised(&self, replica: &Replica) -> VersionVector {
+        let mut vv = replica.version_vector().clone();
+        vv.cap(self.config.node, self.local_durable);
+        vv
+    }
+
+    /// Applied changes this node may claim (same cap as [`Gossip::advertised`]).
+    fn advertised_applied(&self, replica: &Replica) -> VersionVector {
+        let mut vv = replica.applied_version_vector().clone();
+        vv.cap(self.config.node, self.local_durable);
+        vv
+    }
+
     /// Records a closed timestamp, keeping per origin an increasing, bounded history.
     fn note_closed(&mut self, closed: Closed) {
         let history = self.closed.entry(closed.origin).or_default();
@@ -908,6 +982,8 @@ impl Gossip {
     /// Timers: heartbeats, linger flushes, dials, catch-up pacing. `closed`
     /// is this node's own closed timestamp, computed by the caller.
     pub fn handle_timeout(&mut self, now: Instant, hlc: Hlc, closed: Closed, replica: &Replica) {
+        // Our own closed `n` is the last durable local sequence number.
+        self.local_durable = self.local_durable.max(closed.n);
         self.note_closed(closed);
         self.flush_live(now, false);
         for (addr, dial) in self.dials.iter_mut() {
@@ -924,15 +1000,15 @@ impl Gossip {
                 self.send(node, StreamKind::Live, &heartbeat);
                 let busy = self.peers.get(&node).is_some_and(|p| p.transfer.is_some() || !p.catchup.is_empty());
                 if busy {
-                    self.pump_catchup(node, replica);
+                    self.pump_catchup(now, node, replica);
                 }
             }
         }
     }
 
     fn heartbeat(&self, hlc: Hlc, replica: &Replica) -> Heartbeat {
-        let vv = replica.version_vector().clone();
-        let applied_vv = replica.applied_version_vector();
+        let vv = self.advertised(replica);
+        let applied_vv = &self.advertised_applied(replica);
         let applied = applied_vv.origins().map(|o| (o, applied_vv.contiguous(o))).collect();
         let closed = self.closed.values().filter_map(|h| h.back().copied()).take(MEMBERS_MAX).collect();
         let log_floor = vv

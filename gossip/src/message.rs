@@ -91,6 +91,9 @@ pub struct Closed {
 pub struct SnapshotChunk {
     /// Transfer number (per sender), so chunks of an abandoned transfer are not mixed with a new one.
     pub transfer: u64,
+    /// Chunk number within the transfer, from 0: the receiver applies `covers`
+    /// only if it saw every chunk, in order.
+    pub chunk: u64,
     /// Documents as automerge saves.
     pub docs: Vec<(DocId, Vec<u8>)>,
     /// On the last chunk: what the transfer covers.
@@ -199,6 +202,7 @@ impl Message {
             Message::Snapshot(chunk) => {
                 out.push(TAG_SNAPSHOT);
                 write_varint(out, chunk.transfer);
+                write_varint(out, chunk.chunk);
                 write_varint(out, chunk.docs.len() as u64);
                 for (id, bytes) in &chunk.docs {
                     put_bytes(out, id.as_str().as_bytes());
@@ -267,6 +271,7 @@ impl Message {
             }
             TAG_SNAPSHOT => {
                 let transfer = r.varint()?;
+                let chunk = r.varint()?;
                 let count = r.count(SNAPSHOT_DOCS_MAX, "snapshot documents")?;
                 let mut docs = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
@@ -279,7 +284,7 @@ impl Message {
                     1 => Some(r.vv()?),
                     _ => return Err(DecodeError::Invalid("snapshot covers flag")),
                 };
-                Message::Snapshot(SnapshotChunk { transfer, docs, covers })
+                Message::Snapshot(SnapshotChunk { transfer, chunk, docs, covers })
             }
             tag => return Err(DecodeError::UnknownTag(tag)),
         };
@@ -413,6 +418,7 @@ mod tests {
             }]),
             Message::Snapshot(SnapshotChunk {
                 transfer: 2,
+                chunk: 0,
                 docs: vec![(DocId::new("d").unwrap(), vec![9; 20])],
                 covers: Some(vv),
             }),

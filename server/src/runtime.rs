@@ -213,6 +213,7 @@ struct NodeMetrics {
     remote_applied: AtomicU64,
     remote_duplicates: AtomicU64,
     remote_dropped: AtomicU64,
+    remote_refused: AtomicU64,
     remote_in_flight: AtomicU64,
     snapshots_installed: AtomicU64,
     hlc_not_observed: AtomicU64,
@@ -315,11 +316,16 @@ impl NodeRuntime {
         let dirty: HashSet<DocId> = recovered.log.iter().map(|r| r.doc.clone()).collect();
         let log_len = recovered.log.len();
         let outcome = replica.apply_records(recovered.log);
-        if let Some((origin, seq, reason)) = outcome.rejected.first() {
-            return Err(StorageError::Corrupt {
-                path: store.path().to_path_buf(),
-                what: format!("log record ({origin}, {seq}) does not apply: {reason}"),
-            });
+        for (origin, seq, reason) in &outcome.rejected {
+            if *origin == recovered.node_id {
+                // Our own changes were applied before they were stored: one that does not apply now is damage.
+                return Err(StorageError::Corrupt {
+                    path: store.path().to_path_buf(),
+                    what: format!("log record ({origin}, {seq}) does not apply: {reason}"),
+                });
+            }
+            // A peer's change that does not apply is left out, as it was when it arrived.
+            tracing::warn!(%origin, seq, reason = %reason, "skipping a stored remote change that does not apply");
         }
         let mut clock = Clock::wall_ns().map_err(|err| StorageError::Io {
             path: store.path().to_path_buf(),
@@ -648,9 +654,20 @@ impl NodeRuntime {
         if freshness.safe_time >= at {
             return Vec::new();
         }
-        let Some(gossip) = &core.gossip else { return Vec::new() };
+        let behind_ms = Some(at.wall_ns().saturating_sub(freshness.safe_time.wall_ns()) / 1_000_000);
+        let fallback = || {
+            // Safe time is below `at` but no member is to blame: it is our own
+            // clock (`at` is in the future) or an origin not yet known as a member.
+            vec![Lag {
+                region: self.region.clone(),
+                needed: format!("safe time at {at}"),
+                have: format!("safe time at {}", freshness.safe_time),
+                behind_ms,
+            }]
+        };
+        let Some(gossip) = &core.gossip else { return fallback() };
         let applied = core.replica.applied_version_vector();
-        gossip
+        let lags: Vec<Lag> = gossip
             .members(Instant::now())
             .into_iter()
             .filter_map(|member| {
@@ -663,7 +680,12 @@ impl NodeRuntime {
                     behind_ms: Some(at.wall_ns().saturating_sub(closed.wall_ns()) / 1_000_000),
                 })
             })
-            .collect()
+            .collect();
+        if lags.is_empty() {
+            fallback()
+        } else {
+            lags
+        }
     }
 
     fn receipt_json(&self, token: &Token) -> Json {
@@ -1152,6 +1174,12 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     );
     counter(
         out,
+        "meridian_remote_changes_refused_total",
+        "Remote change records refused because they do not decode.",
+        m.remote_refused.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
         "meridian_state_transfer_chunks_total",
         "State-transfer chunks installed.",
         m.snapshots_installed.load(Ordering::Relaxed),
@@ -1279,7 +1307,23 @@ impl Host for ReplicationHost {
                 let fresh: Vec<ChangeRecord> = {
                     let core = lock(&self.shared);
                     let vv = core.replica.version_vector();
-                    records.into_iter().filter(|r| !vv.contains(r.meta.origin, r.meta.seq)).collect()
+                    let own = core.replica.node();
+                    records
+                        .into_iter()
+                        // Our own changes come back only from peers, and we hold every
+                        // durable one already; one we do not hold was lost in a crash and
+                        // its sequence number is being reused: never take it back.
+                        .filter(|r| r.meta.origin != own && !vv.contains(r.meta.origin, r.meta.seq))
+                        // Refuse what does not decode before it reaches the log.
+                        .filter(|r| {
+                            let decodes = r.changes.iter().all(|bytes| automerge::Change::from_bytes(bytes.clone()).is_ok());
+                            if !decodes {
+                                metrics.remote_refused.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(origin = %r.meta.origin, seq = r.meta.seq, "remote change does not decode; refused");
+                            }
+                            decodes
+                        })
+                        .collect()
                 };
                 if fresh.is_empty() {
                     return;
@@ -1504,7 +1548,22 @@ impl StorageWorker {
             vv.merge(covers);
             checkpoint = Some(vv);
         }
-        self.commit(Batch { snapshots: saved, checkpoint: checkpoint.clone(), ..Batch::default() })?;
+        // A merged document may hold a local change still in the channel:
+        // commit every local record sent so far in the same transaction, so a
+        // snapshot never holds a change a crash could take back.
+        let ticket = lock(&self.shared).tickets_sent;
+        let mut received = Received::default();
+        self.drain_until(ticket, &mut received);
+        let records: Vec<ChangeRecord> = received.local.iter().chain(received.remote.iter()).cloned().collect();
+        self.commit(Batch { records, snapshots: saved, checkpoint: checkpoint.clone(), ..Batch::default() })?;
+        let Received { local, remote, snapshots: more } = received;
+        self.publish(local, remote)?;
+        if !more.is_empty() {
+            // Chunks that arrived meanwhile: install them after this one, in order.
+            for (docs, covers) in more {
+                self.install_snapshot(docs, covers)?;
+            }
+        }
         self.shared.metrics.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         if let (Some(covers), Some(checkpoint)) = (covers, checkpoint) {
             self.checkpoint_vv = checkpoint;
@@ -1621,7 +1680,9 @@ impl StorageWorker {
         let started = Instant::now();
         let (covered, ticket_before) = {
             let core = lock(&self.shared);
-            (core.replica.version_vector().clone(), core.tickets_sent)
+            // Only applied changes are in the documents: one automerge holds back
+            // stays in the log (and replays as pending) until it applies.
+            (core.replica.applied_version_vector().clone(), core.tickets_sent)
         };
         let mut received = Received::default();
         self.drain_until(ticket_before, &mut received);

@@ -144,3 +144,108 @@ fn hostile_frames_are_refused_and_counted() {
     assert!(reasons[2].contains("cluster"), "{reasons:?}");
     assert!(sim.nodes[a].gossip.members(sim.now).is_empty(), "a refused peer must not become a member");
 }
+
+/// Frames the core sent, decoded.
+fn sent_messages(gossip: &mut meridian_gossip::Gossip) -> Vec<Message> {
+    std::iter::from_fn(|| gossip.poll_transmit()).map(|t| Message::decode(&t.frame[4..]).unwrap()).collect()
+}
+
+#[test]
+fn local_changes_not_yet_durable_are_never_advertised_or_sent() {
+    use meridian_crdt::{DocId, Hlc, NodeId, Replica};
+    use meridian_gossip::{Closed, Gossip, GossipConfig};
+    use std::time::Instant;
+    let now = Instant::now();
+    let me = NodeId(1);
+    let mut replica = Replica::new(me);
+    let mut config = GossipConfig::new(me, "a", "c", "10.0.0.1:1".parse().unwrap());
+    config.seeds = vec!["10.0.0.2:1".parse().unwrap()];
+    let mut gossip = Gossip::new(config, now);
+    gossip.handle_timeout(now, Hlc::new(1, 0), Closed { origin: me, t: Hlc::new(1, 0), n: 0 }, &replica);
+    let addr = gossip.poll_dial().unwrap();
+    gossip.handle_dial_result(now, addr, Ok(7));
+    // The peer introduces itself on our inbound side and says it holds nothing.
+    let peer = MemberInfo { node: NodeId(2), region: "b".into(), addr };
+    let hello = Message::Hello(Hello { version: PROTOCOL_VERSION, cluster: "c".into(), me: peer }).encode_frame();
+    gossip.handle_frame(now, 0, 9, meridian_gossip::StreamKind::Live, &hello[4..], &replica);
+    // Two local writes; only the first is durable.
+    let id = DocId::new("d").unwrap();
+    let first = replica.local_write(&id, &put(json!({"v": 1})), Hlc::new(2, 0), None).unwrap();
+    replica.local_write(&id, &put(json!({"v": 2})), Hlc::new(3, 0), None).unwrap();
+    gossip.handle_local_records(now, &[first.record]);
+    let _ = sent_messages(&mut gossip);
+    gossip.handle_timeout(now, Hlc::new(4, 0), Closed { origin: me, t: Hlc::new(2, 0), n: 1 }, &replica);
+    let empty = meridian_gossip::message::Heartbeat {
+        hlc: Hlc::new(4, 0),
+        vv: Default::default(),
+        log_floor: vec![],
+        members: vec![],
+        applied: vec![],
+        closed: vec![],
+        digest: [0; 32],
+    };
+    let frame = Message::Heartbeat(empty).encode_frame();
+    gossip.handle_frame(now, 0, 9, meridian_gossip::StreamKind::Live, &frame[4..], &replica);
+    for message in sent_messages(&mut gossip) {
+        match message {
+            Message::Heartbeat(hb) => {
+                assert_eq!(hb.vv.max(me), 1, "advertised a change that is not durable");
+                assert!(hb.applied.iter().all(|(o, n)| *o != me || *n <= 1));
+            }
+            Message::Changes(records) => {
+                assert!(
+                    records.iter().all(|r| r.meta.seq <= 1),
+                    "sent a change that is not durable: {:?}",
+                    records.iter().map(|r| r.meta.seq).collect::<Vec<_>>()
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_state_transfer_with_a_missing_chunk_does_not_claim_its_vector() {
+    use meridian_crdt::{Hlc, NodeId, Replica, VersionVector};
+    use meridian_gossip::message::SnapshotChunk;
+    use meridian_gossip::{Event, Gossip, GossipConfig, StreamKind};
+    use std::time::Instant;
+    let now = Instant::now();
+    let replica = Replica::new(NodeId(1));
+    let mut gossip = Gossip::new(GossipConfig::new(NodeId(1), "a", "c", "10.0.0.1:1".parse().unwrap()), now);
+    let peer = MemberInfo { node: NodeId(2), region: "b".into(), addr: "10.0.0.2:1".parse().unwrap() };
+    let deliver = |gossip: &mut Gossip, message: Message| {
+        let frame = message.encode_frame();
+        gossip.handle_frame(now, 0, 5, StreamKind::CatchUp, &frame[4..], &replica);
+    };
+    deliver(&mut gossip, Message::Hello(Hello { version: PROTOCOL_VERSION, cluster: "c".into(), me: peer }));
+    let mut covers = VersionVector::new();
+    covers.insert_range(NodeId(2), 1, 100);
+    deliver(&mut gossip, Message::Snapshot(SnapshotChunk { transfer: 1, chunk: 0, docs: vec![], covers: None }));
+    // Chunk 1 was lost; chunk 2 is the last and carries the vector.
+    deliver(
+        &mut gossip,
+        Message::Snapshot(SnapshotChunk { transfer: 1, chunk: 2, docs: vec![], covers: Some(covers.clone()) }),
+    );
+    let claimed: Vec<bool> = std::iter::from_fn(|| gossip.poll_event())
+        .filter_map(|e| match e {
+            Event::Snapshot { covers, .. } => Some(covers.is_some()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claimed, vec![false, false], "a transfer with a missing chunk must not claim its vector");
+    // A complete transfer does.
+    deliver(&mut gossip, Message::Snapshot(SnapshotChunk { transfer: 2, chunk: 0, docs: vec![], covers: None }));
+    deliver(
+        &mut gossip,
+        Message::Snapshot(SnapshotChunk { transfer: 2, chunk: 1, docs: vec![], covers: Some(covers) }),
+    );
+    let claimed: Vec<bool> = std::iter::from_fn(|| gossip.poll_event())
+        .filter_map(|e| match e {
+            Event::Snapshot { covers, .. } => Some(covers.is_some()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claimed, vec![false, true]);
+    let _ = Hlc::zero();
+}

@@ -202,6 +202,25 @@ async fn malformed_input_gets_a_clear_4xx_and_changes_nothing() {
     assert_problem(&node.request("GET", "/v2/nothing", &[], "").await, 404, "no endpoint");
 
     assert_eq!(node.request("GET", "/v1/docs/x", &[], "").await.json, json!({"keep": true}));
+    // Refused writes to new ids leave nothing behind: no history, not listed.
+    assert_problem(&node.request("DELETE", "/v1/docs/never", &[], "").await, 404, "does not exist");
+    assert_problem(
+        &node.request("PUT", "/v1/docs/never2", &[JSON, ("if-match", "*")], "{}").await,
+        412,
+        "does not exist",
+    );
+    assert_problem(
+        &node.request("PATCH", "/v1/docs/never3", &[PATCH], r#"[{"op":"test","path":"/a","value":1}]"#).await,
+        409,
+        "operation 0",
+    );
+    for id in ["never", "never2", "never3"] {
+        assert_eq!(
+            node.request("GET", &format!("/v1/docs/{id}/history"), &[], "").await.status,
+            404,
+            "{id} left a trace"
+        );
+    }
 }
 
 #[tokio::test]

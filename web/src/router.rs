@@ -626,18 +626,29 @@ async fn events_response<N: Node>(
         filter: EventFilter,
         announced_gap: bool,
         stopping: tokio::sync::watch::Receiver<bool>,
+        /// An event to send before anything else (a Last-Event-ID this node never issued).
+        notice: Option<String>,
     }
+    // An id above our newest event is not one of ours (event ids are per node):
+    // say so, and resume from now rather than silently skip what comes next.
+    let notice = last_event_id
+        .filter(|&id| id > head)
+        .map(|id| json!({"missing_after": id, "resumes_at": head + 1, "reason": "Last-Event-ID is ahead of this node's feed; event ids are per node"}).to_string());
     let start = Stream {
         node,
         live,
-        last: last_event_id.unwrap_or(head),
+        last: last_event_id.map_or(head, |id| id.min(head)),
         backlog: Default::default(),
         catching_up: last_event_id.is_some(),
         filter,
         announced_gap: false,
         stopping,
+        notice,
     };
     let stream = futures_util::stream::unfold(start, |mut st| async move {
+        if let Some(data) = st.notice.take() {
+            return Some((Ok::<Event, std::convert::Infallible>(Event::default().event("gap").data(data)), st));
+        }
         loop {
             if let Some(event) = st.backlog.pop_front() {
                 if event.index <= st.last {
@@ -648,7 +659,7 @@ async fn events_response<N: Node>(
                     st.announced_gap = true;
                     let data = json!({"missing_after": st.last, "resumes_at": event.index}).to_string();
                     st.backlog.push_front(event);
-                    return Some((Ok::<Event, std::convert::Infallible>(Event::default().event("gap").data(data)), st));
+                    return Some((Ok(Event::default().event("gap").data(data)), st));
                 }
                 st.last = event.index;
                 if st.filter.matches(&event) {
