@@ -104,7 +104,16 @@ struct Core {
     durable_seq: u64,
     /// When this node applied each advance of an origin's prefix: (origin, prefix, wall ns).
     receipts: VecDeque<(NodeId, u64, u64)>,
+    /// The durable HLC lease: advertised closed timestamps never exceed it,
+    /// and after a restart the clock starts above it, so a restart never
+    /// issues an HLC at or below a closed timestamp already published.
+    hlc_lease: Hlc,
 }
+
+/// How far ahead of the wall clock the persisted HLC lease reaches.
+const HLC_LEASE_AHEAD: Duration = Duration::from_millis(1000);
+/// The lease is renewed when less than this remains.
+const HLC_LEASE_RENEW_BELOW: Duration = Duration::from_millis(500);
 
 /// Receipt transitions kept for this node.
 const RECEIPTS_KEPT: usize = 65_536;
@@ -118,10 +127,10 @@ impl Core {
     fn closed(&mut self) -> Closed {
         let origin = self.replica.node();
         match self.in_flight.front() {
-            Some(&(_, hlc)) => Closed { origin, t: hlc.predecessor(), n: self.durable_seq },
+            Some(&(_, hlc)) => Closed { origin, t: hlc.predecessor().min(self.hlc_lease), n: self.durable_seq },
             None => {
                 let now = self.clock.now().map(Hlc::from).unwrap_or_else(|_| Hlc::new(wall_ns(), 0));
-                Closed { origin, t: now, n: self.replica.last_seq() }
+                Closed { origin, t: now.min(self.hlc_lease), n: self.replica.last_seq() }
             }
         }
     }
@@ -333,6 +342,8 @@ impl NodeRuntime {
         })?;
         // The HLC never goes below anything persisted, even if the wall clock stepped back.
         clock.observe(&recovered.hlc_high.inner());
+        // Closed timestamps advertised before the restart are at most the lease.
+        clock.observe(&recovered.hlc_lease.inner());
         let local_seq = replica.last_seq();
         let max_clock_offset = config.replication.as_ref().map_or(Duration::from_millis(500), |r| r.max_clock_offset);
         let shared = Arc::new(Shared {
@@ -344,6 +355,7 @@ impl NodeRuntime {
                 in_flight: VecDeque::new(),
                 durable_seq: local_seq,
                 receipts: VecDeque::new(),
+                hlc_lease: recovered.hlc_lease,
             }),
             metrics: NodeMetrics::default(),
             progress: watch::channel(0).0,
@@ -1394,8 +1406,12 @@ struct Received {
 impl StorageWorker {
     fn run(mut self) {
         loop {
-            let wait =
-                self.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed()).max(Duration::from_millis(1));
+            // Wake at least every 200 ms: the HLC lease must be renewed before it runs out.
+            let wait = self
+                .checkpoint_interval
+                .saturating_sub(self.last_checkpoint.elapsed())
+                .min(Duration::from_millis(200))
+                .max(Duration::from_millis(1));
             let first = match self.rx.recv_timeout(wait) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -1417,6 +1433,9 @@ impl StorageWorker {
             if self.commit_received(received).is_err() {
                 return;
             }
+            if self.renew_lease().is_err() {
+                return;
+            }
             let interval_passed = self.last_checkpoint.elapsed() >= self.checkpoint_interval;
             let due = (!self.dirty.is_empty() && (interval_passed || self.dirty.len() >= DIRTY_DOCS_MAX))
                 || (interval_passed && self.log_truncatable());
@@ -1427,6 +1446,19 @@ impl StorageWorker {
                 return;
             }
         }
+    }
+
+    /// Persists a new HLC lease when the current one is close to running out.
+    fn renew_lease(&mut self) -> Result<(), ()> {
+        let current = lock(&self.shared).hlc_lease;
+        let renew_below = wall_ns() + HLC_LEASE_RENEW_BELOW.as_nanos() as u64;
+        if current.wall_ns() > renew_below {
+            return Ok(());
+        }
+        let lease = Hlc::new(wall_ns() + HLC_LEASE_AHEAD.as_nanos() as u64, 0);
+        self.commit(Batch { hlc_lease: Some(lease), ..Batch::default() })?;
+        lock(&self.shared).hlc_lease = lease;
+        Ok(())
     }
 
     /// Whether the log holds records that the snapshots and every member

@@ -94,6 +94,8 @@ pub struct Recovered {
     pub hlc_high: Hlc,
     /// The next feed index to assign.
     pub next_feed: u64,
+    /// The HLC lease: no closed timestamp this node ever advertised is above it.
+    pub hlc_lease: Hlc,
 }
 
 /// One entry of the change feed: which change was applied, in local apply order.
@@ -172,6 +174,8 @@ pub struct Batch {
     pub feed: Vec<(u64, FeedEntry)>,
     /// Drop feed entries below this index (retention).
     pub feed_keep_from: Option<u64>,
+    /// A new HLC lease to persist.
+    pub hlc_lease: Option<Hlc>,
 }
 
 /// The node's store.
@@ -344,7 +348,16 @@ impl Store {
         }
         let feed = tx.open_table(FEED).map_err(|e| self.io(e))?;
         let next_feed = feed.last().map_err(|e| self.io(e))?.map_or(1, |(key, _)| key.value() + 1);
-        Ok(Recovered { node_id, checkpoint, snapshots, log, hlc_high, next_feed })
+        let hlc_lease = match meta.get("hlc_lease").map_err(|e| self.io(e))? {
+            None => Hlc::zero(),
+            Some(raw) => {
+                let bytes = unseal(&self.path, &|| "meta.hlc_lease".into(), raw.value())?;
+                Hlc::from_bytes(
+                    bytes.try_into().map_err(|_| self.corrupt("meta.hlc_lease has the wrong length".into()))?,
+                )
+            }
+        };
+        Ok(Recovered { node_id, checkpoint, snapshots, log, hlc_high, next_feed, hlc_lease })
     }
 
     /// Commits `batch` atomically and durably (fsync before returning).
@@ -374,6 +387,9 @@ impl Store {
                 docs.insert(id.as_str(), seal(bytes).as_slice()).map_err(|e| self.io(e))?;
             }
             let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
+            if let Some(lease) = batch.hlc_lease {
+                meta.insert("hlc_lease", seal(&lease.to_bytes()).as_slice()).map_err(|e| self.io(e))?;
+            }
             if let Some(checkpoint) = &batch.checkpoint {
                 meta.insert("checkpoint", seal(&encode_vv(checkpoint)).as_slice()).map_err(|e| self.io(e))?;
             }
@@ -442,6 +458,7 @@ mod tests {
                     })
                     .collect(),
                 feed_keep_from: None,
+                hlc_lease: Some(Hlc::new(77, 0)),
             })
             .unwrap();
         let feed = store.feed_reader().read_after(1, 10).unwrap();
@@ -454,6 +471,7 @@ mod tests {
         assert_eq!(again.snapshots.len(), 1);
         assert_eq!(again.hlc_high, Hlc::new(30, 0));
         assert_eq!(again.next_feed, 4, "feed indices continue after a restart");
+        assert_eq!(again.hlc_lease, Hlc::new(77, 0), "the HLC lease survives a restart");
         let err = Store::open(&dir, "us-east").err().unwrap();
         assert!(err.to_string().contains("belongs to region \"eu-west\""), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
