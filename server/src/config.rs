@@ -63,25 +63,9 @@ pub struct ServeArgs {
     pub admin_token_file: Option<PathBuf>,
 }
 
-/// A link fault imposed from the start (TOML `[[faults]]`), as the admin API would.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FaultConfig {
-    /// Region of the peers it applies to.
-    pub peer_region: String,
-    /// One-way delay added to packets towards them.
-    #[serde(default)]
-    pub delay_ms: u32,
-    /// Random extra delay, plus or minus.
-    #[serde(default)]
-    pub jitter_ms: u32,
-    /// Probability of dropping a packet towards them.
-    #[serde(default)]
-    pub loss: f64,
-    /// Cut the link.
-    #[serde(default)]
-    pub cut: bool,
-}
+/// A link fault imposed from the start (TOML `[[faults]]`): the same shape
+/// the admin API takes (`peer_region`, `delay_ms`, `jitter_ms`, `loss`, `cut`, `direction`).
+pub use meridian_web::FaultSpec as FaultConfig;
 
 /// The same settings as read from a TOML file.
 #[derive(Deserialize, Debug, Default)]

@@ -458,15 +458,7 @@ impl NodeRuntime {
             "replicating over QUIC with mutual TLS"
         );
         let _ = self.driver.set(handle);
-        for fault in &config.faults {
-            let spec = FaultSpec {
-                peer_region: fault.peer_region.clone(),
-                delay_ms: fault.delay_ms,
-                jitter_ms: fault.jitter_ms,
-                loss: fault.loss,
-                cut: fault.cut,
-                direction: None,
-            };
+        for spec in config.faults.iter().cloned() {
             if let Err(err) = self.set_fault_inner(spec) {
                 tracing::warn!(cause = %err, "fault from the config file not applied");
             }
