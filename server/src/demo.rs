@@ -645,7 +645,7 @@ fn print_banner(state: &DemoState, latency: bool) {
         "  curl -s -X PUT http://{}/v1/docs/hello -H 'content-type: application/json' -d '{{\"from\":\"{}\"}}'",
         first.http, first.name
     );
-    println!("  # read in {}: the headers say how stale the read is", last.name);
+    println!("  # read in {}: right after the write it may not be there yet (404); the Meridian-Staleness headers say how stale the answer is", last.name);
     println!("  curl -si http://{}/v1/docs/hello", last.http);
     println!("  # read there with the write's token: waits until the write has arrived");
     println!("  curl -si \"http://{}/v1/docs/hello?after=$(curl -s -X PUT http://{}/v1/docs/hello -H 'content-type: application/json' -d '{{\"n\":2}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')\"", last.http, first.http);
