@@ -222,20 +222,43 @@ fn writable_id(id: &DocId) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses query parameters an endpoint does not take, naming the ones it does.
+fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::bad_request(
+            "bad-query",
+            format!("unknown query parameter {unknown:?}; this endpoint takes {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A whole-number query parameter within `range`, or `default` when absent.
+fn bounded_number(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ApiError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(
+                "bad-query",
+                format!("{name} must be a whole number from {} to {}, got {text:?}", range.start(), range.end()),
+            )),
+        },
+    }
+}
+
 /// Largest `wait_ms` a read may ask for.
 pub const WAIT_MS_MAX: u64 = 30_000;
 /// `wait_ms` when a read does not say.
 pub const WAIT_MS_DEFAULT: u64 = 2_000;
 
 fn read_options(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<ReadOptions, ApiError> {
-    if let Some(unknown) =
-        params.keys().find(|k| !matches!(k.as_str(), "after" | "wait_ms" | "max_staleness_ms" | "at"))
-    {
-        return Err(ApiError::bad_request(
-            "bad-query",
-            format!("unknown query parameter {unknown:?}; reads take after, wait_ms, max_staleness_ms and at"),
-        ));
-    }
+    reject_unknown(params, &["after", "wait_ms", "max_staleness_ms", "at"])?;
     let after_text = match params.get("after") {
         Some(text) => Some(text.clone()),
         None => header_text(headers, header::HeaderName::from_static("meridian-after"))?,
@@ -246,18 +269,7 @@ fn read_options(params: &HashMap<String, String>, headers: &HeaderMap) -> Result
             Some(Token::parse(text.trim()).map_err(|err| ApiError::bad_request("bad-token", format!("after: {err}")))?)
         }
     };
-    let wait_ms = match params.get("wait_ms") {
-        None => WAIT_MS_DEFAULT,
-        Some(text) => match text.parse::<u64>() {
-            Ok(ms) if ms <= WAIT_MS_MAX => ms,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "bad-query",
-                    format!("wait_ms must be a whole number from 0 to {WAIT_MS_MAX}, got {text:?}"),
-                ))
-            }
-        },
-    };
+    let wait_ms = bounded_number(params, "wait_ms", WAIT_MS_DEFAULT, 0..=WAIT_MS_MAX)?;
     let max_staleness_ms = match params.get("max_staleness_ms") {
         None => None,
         Some(text) => Some(text.parse::<u64>().map_err(|_| {
@@ -434,28 +446,12 @@ async fn list_docs<N: Node>(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
-    if let Some(unknown) = params.keys().find(|k| !matches!(k.as_str(), "prefix" | "limit" | "cursor")) {
-        return Err(ApiError::bad_request(
-            "bad-query",
-            format!("unknown query parameter {unknown:?}; use prefix, limit and cursor"),
-        ));
-    }
+    reject_unknown(&params, &["prefix", "limit", "cursor"])?;
     let prefix = params.get("prefix").map(String::as_str).unwrap_or("");
     if !prefix.is_empty() {
         DocId::new(prefix).map_err(|err| ApiError::bad_request("bad-query", format!("prefix: {err}")))?;
     }
-    let limit = match params.get("limit") {
-        None => LIST_LIMIT_DEFAULT,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=LIST_LIMIT_MAX).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "bad-query",
-                    format!("limit must be a whole number from 1 to {LIST_LIMIT_MAX}, got {text:?}"),
-                ))
-            }
-        },
-    };
+    let limit = bounded_number(&params, "limit", LIST_LIMIT_DEFAULT as u64, 1..=LIST_LIMIT_MAX as u64)? as usize;
     let after = match params.get("cursor") {
         None => None,
         Some(cursor) => {
@@ -583,12 +579,7 @@ async fn all_events<N: Node>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
-    if let Some(unknown) = params.keys().find(|k| k.as_str() != "prefix") {
-        return Err(ApiError::bad_request(
-            "bad-query",
-            format!("unknown query parameter {unknown:?}; the event stream takes prefix"),
-        ));
-    }
+    reject_unknown(&params, &["prefix"])?;
     let prefix = params.get("prefix").cloned().unwrap_or_default();
     if !prefix.is_empty() {
         DocId::new(&prefix).map_err(|err| ApiError::bad_request("bad-query", format!("prefix: {err}")))?;
