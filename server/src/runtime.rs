@@ -1105,7 +1105,7 @@ type TransferChunk = (Vec<(DocId, Vec<u8>)>, Option<VersionVector>);
 fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     use std::fmt::Write as _;
     let now = Instant::now();
-    let (documents, log_entries, log_bytes, last_seq, members, counters) = {
+    let (documents, log_entries, log_bytes, last_seq, members, counters, pending) = {
         let core = lock(&runtime.shared);
         (
             core.replica.live_count(),
@@ -1114,104 +1114,107 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
             core.replica.last_seq(),
             core.gossip.as_ref().map(|g| g.members(now)).unwrap_or_default(),
             core.gossip.as_ref().map(|g| g.counters().clone()).unwrap_or_default(),
+            core.replica.pending_count(),
         )
     };
     let durable = runtime.durable.borrow().clone();
     let m = &runtime.shared.metrics;
     let region = escape_label(&runtime.region);
-    let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-        header(out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {value}");
-    };
-    let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-        header(out, name, "counter", help);
-        let _ = writeln!(out, "{name} {value}");
-    };
     header(out, "meridian_node_info", "gauge", "Constant 1, labelled with this node's id and region.");
     let _ = writeln!(out, "meridian_node_info{{node_id=\"{}\",region=\"{region}\"}} 1", runtime.node_id);
-    gauge(out, "meridian_documents", "Documents that currently exist on this node.", documents as u64);
-    gauge(out, "meridian_log_entries", "Change records held in the log.", log_entries as u64);
-    gauge(out, "meridian_log_bytes", "Automerge change bytes held in the log.", log_bytes as u64);
-    gauge(out, "meridian_local_sequence", "Last sequence number given to a local write.", last_seq);
-    gauge(out, "meridian_durable_sequence", "Last local sequence number known durable.", durable.local_seq);
-    gauge(
-        out,
-        "meridian_storage_failed",
-        "1 if storage failed and the node refuses work.",
-        u64::from(durable.failed.is_some()),
-    );
-    counter(
-        out,
-        "meridian_storage_commits_total",
-        "Durable storage commits (each one fsync).",
-        m.storage_commits.load(Ordering::Relaxed),
-    );
-    counter(
-        out,
-        "meridian_storage_records_total",
-        "Change records committed to storage.",
-        m.storage_records.load(Ordering::Relaxed),
-    );
-    gauge(
-        out,
-        "meridian_recovery_milliseconds",
-        "Time the last start spent recovering from storage.",
-        m.recovery_ms.load(Ordering::Relaxed),
-    );
-    counter(
-        out,
-        "meridian_remote_changes_applied_total",
-        "Remote change records persisted and applied.",
-        m.remote_applied.load(Ordering::Relaxed),
-    );
-    counter(
-        out,
-        "meridian_remote_changes_duplicate_total",
-        "Remote change records already held when they arrived.",
-        m.remote_duplicates.load(Ordering::Relaxed),
-    );
-    counter(
-        out,
-        "meridian_remote_changes_dropped_total",
-        "Remote records dropped because too many were waiting for disk (resent by anti-entropy).",
-        m.remote_dropped.load(Ordering::Relaxed),
-    );
-    counter(
-        out,
-        "meridian_remote_changes_refused_total",
-        "Remote change records refused because they do not decode.",
-        m.remote_refused.load(Ordering::Relaxed),
-    );
-    counter(
-        out,
-        "meridian_state_transfer_chunks_total",
-        "State-transfer chunks installed.",
-        m.snapshots_installed.load(Ordering::Relaxed),
-    );
-    counter(
-        out,
-        "meridian_hlc_not_observed_total",
-        "Peer timestamps not observed because they ran ahead by more than the maximum clock offset.",
-        m.hlc_not_observed.load(Ordering::Relaxed),
-    );
-    counter(
-        out,
-        "meridian_peer_frames_refused_total",
-        "Peer frames refused as malformed, truncated, oversized or out of order.",
-        counters.frames_refused,
-    );
-    counter(
-        out,
-        "meridian_peer_hellos_refused_total",
-        "Peers refused at hello (other cluster, other protocol version, own id).",
-        counters.peers_refused,
-    );
-    counter(
-        out,
-        "meridian_peer_handshakes_refused_total",
-        "Peer connections refused during the TLS handshake (e.g. a certificate from another CA).",
-        runtime.driver.get().map_or(0, |d| d.stats.handshakes_refused.load(Ordering::Relaxed)),
-    );
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let handshakes_refused = runtime.driver.get().map_or(0, |d| load(&d.stats.handshakes_refused));
+    // Every scalar series: name, type, help, value. One table, one loop.
+    let series: [(&str, &str, &str, u64); 19] = [
+        ("meridian_documents", "gauge", "Documents that currently exist on this node.", documents as u64),
+        ("meridian_log_entries", "gauge", "Change records held in the log.", log_entries as u64),
+        ("meridian_log_bytes", "gauge", "Automerge change bytes held in the log.", log_bytes as u64),
+        ("meridian_local_sequence", "gauge", "Last sequence number given to a local write.", last_seq),
+        ("meridian_durable_sequence", "gauge", "Last local sequence number known durable.", durable.local_seq),
+        (
+            "meridian_storage_failed",
+            "gauge",
+            "1 if storage failed and the node refuses work.",
+            u64::from(durable.failed.is_some()),
+        ),
+        (
+            "meridian_storage_commits_total",
+            "counter",
+            "Durable storage commits (each one fsync).",
+            load(&m.storage_commits),
+        ),
+        ("meridian_storage_records_total", "counter", "Change records committed to storage.", load(&m.storage_records)),
+        (
+            "meridian_recovery_milliseconds",
+            "gauge",
+            "Time the last start spent recovering from storage.",
+            load(&m.recovery_ms),
+        ),
+        (
+            "meridian_remote_changes_applied_total",
+            "counter",
+            "Remote change records persisted and applied.",
+            load(&m.remote_applied),
+        ),
+        (
+            "meridian_remote_changes_duplicate_total",
+            "counter",
+            "Remote change records already held when they arrived.",
+            load(&m.remote_duplicates),
+        ),
+        (
+            "meridian_remote_changes_dropped_total",
+            "counter",
+            "Remote records dropped because too many were waiting for disk (resent by anti-entropy).",
+            load(&m.remote_dropped),
+        ),
+        (
+            "meridian_remote_changes_refused_total",
+            "counter",
+            "Remote change records refused because they do not decode.",
+            load(&m.remote_refused),
+        ),
+        (
+            "meridian_state_transfer_chunks_total",
+            "counter",
+            "State-transfer chunks installed.",
+            load(&m.snapshots_installed),
+        ),
+        (
+            "meridian_hlc_not_observed_total",
+            "counter",
+            "Peer timestamps not observed because they ran ahead by more than the maximum clock offset.",
+            load(&m.hlc_not_observed),
+        ),
+        (
+            "meridian_peer_frames_refused_total",
+            "counter",
+            "Peer frames refused as malformed, truncated, oversized or out of order.",
+            counters.frames_refused,
+        ),
+        (
+            "meridian_peer_hellos_refused_total",
+            "counter",
+            "Peers refused at hello (other cluster, other protocol version, own id).",
+            counters.peers_refused,
+        ),
+        (
+            "meridian_peer_handshakes_refused_total",
+            "counter",
+            "Peer connections refused during the TLS handshake (e.g. a certificate from another CA).",
+            handshakes_refused,
+        ),
+        (
+            "meridian_received_not_applied",
+            "gauge",
+            "Change records held but not applied (automerge waits for a dependency).",
+            pending as u64,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     let paths =
         runtime.driver.get().map(|d| d.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
     let flags = runtime.shared.clock_flags.lock().unwrap_or_else(|e| e.into_inner()).clone();
