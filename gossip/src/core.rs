@@ -27,14 +27,15 @@
 //! change counts in the vector we advertise only once it is durable, which is
 //! the caller's replica vector.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meridian_crdt::{ChangeRecord, DocId, Hlc, NodeId, Replica, SeqRange, VersionVector};
 
 use crate::message::{
-    Closed, DecodeError, Heartbeat, Hello, MemberInfo, Message, SnapshotChunk, MEMBERS_MAX, PROTOCOL_VERSION,
+    Closed, DecodeError, Heartbeat, Hello, MemberInfo, Message, SnapshotChunk, DECOMMISSIONED_MAX, MEMBERS_MAX,
+    PROTOCOL_VERSION,
 };
 
 /// Identifies one QUIC connection; assigned by the driver.
@@ -277,6 +278,17 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// Why a member could not be decommissioned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecommissionError {
+    /// A node cannot decommission itself.
+    #[error("a node cannot decommission itself; ask another member")]
+    Myself,
+    /// No member or origin by that id is known here.
+    #[error("no member {0} is known here")]
+    Unknown(NodeId),
+}
+
 /// Protocol-wide counters.
 #[derive(Clone, Debug, Default)]
 pub struct Counters {
@@ -323,8 +335,8 @@ pub struct Gossip {
     rng: u64,
     peers: BTreeMap<NodeId, Peer>,
     dials: BTreeMap<SocketAddr, Dial>,
-    outbound: HashMap<ConnId, SocketAddr>,
-    inbound: HashMap<ConnId, Inbound>,
+    outbound: BTreeMap<ConnId, SocketAddr>,
+    inbound: BTreeMap<ConnId, Inbound>,
     transmits: VecDeque<Transmit>,
     dial_queue: VecDeque<SocketAddr>,
     events: VecDeque<Event>,
@@ -339,6 +351,8 @@ pub struct Gossip {
     /// sequence number would be reused), so they are never advertised, sent
     /// by anti-entropy, or included in a state transfer.
     local_durable: u64,
+    /// Members removed for good, with the last sequence number of their changes.
+    decommissioned: BTreeMap<NodeId, u64>,
 }
 
 /// Closed timestamps kept per origin: enough that one whose changes are
@@ -357,8 +371,8 @@ impl Gossip {
             rng: if rng == 0 { 1 } else { rng },
             peers: BTreeMap::new(),
             dials: BTreeMap::new(),
-            outbound: HashMap::new(),
-            inbound: HashMap::new(),
+            outbound: BTreeMap::new(),
+            inbound: BTreeMap::new(),
             transmits: VecDeque::new(),
             dial_queue: VecDeque::new(),
             events: VecDeque::new(),
@@ -368,6 +382,7 @@ impl Gossip {
             next_transfer_id: 1,
             closed: BTreeMap::new(),
             local_durable: 0,
+            decommissioned: BTreeMap::new(),
             config,
         };
         for seed in gossip.config.seeds.clone() {
@@ -577,6 +592,8 @@ impl Gossip {
             Some(format!("peer belongs to cluster {:?}, not {:?}", hello.cluster, self.config.cluster))
         } else if hello.me.node == self.config.node {
             Some("peer claims this node's own id".to_string())
+        } else if self.decommissioned.contains_key(&hello.me.node) {
+            Some(format!("member {} was decommissioned and may not rejoin", hello.me.node))
         } else {
             let state = self.inbound.entry(conn).or_default();
             match state.node {
@@ -601,7 +618,7 @@ impl Gossip {
     }
 
     fn learn_member(&mut self, info: MemberInfo, now: Instant) {
-        if info.node == self.config.node {
+        if info.node == self.config.node || self.decommissioned.contains_key(&info.node) {
             return;
         }
         let addr = info.addr;
@@ -715,6 +732,11 @@ impl Gossip {
             peer.log_floor = heartbeat.log_floor.into_iter().collect();
         }
         self.events.push_back(Event::PeerClock { node: from, hlc: heartbeat.hlc, offset_ms: offset_ms as i64 });
+        for (node, last) in heartbeat.decommissioned {
+            if node != self.config.node {
+                self.remove_member(node, last);
+            }
+        }
         for member in heartbeat.members {
             self.learn_member(member, now);
         }
@@ -1017,7 +1039,8 @@ impl Gossip {
             .collect();
         let mut members: Vec<MemberInfo> = vec![self.me()];
         members.extend(self.peers.values().map(|p| p.info.clone()).take(MEMBERS_MAX - 1));
-        Heartbeat { hlc, vv, log_floor, members, applied, closed, digest: replica.digest() }
+        let decommissioned = self.decommissioned.iter().map(|(n, s)| (*n, *s)).take(DECOMMISSIONED_MAX).collect();
+        Heartbeat { hlc, vv, log_floor, members, applied, closed, digest: replica.digest(), decommissioned }
     }
 
     /// The next frame to write.
@@ -1109,6 +1132,66 @@ impl Gossip {
             let addr = self.outbound.get(&conn)?;
             self.peers.values().find(|p| p.info.addr == *addr).map(|p| p.info.node)
         })
+    }
+
+    /// Removes `node` from the cluster for good: it leaves membership, the
+    /// log-truncation point and (once its last change, as far as any member
+    /// here knows, is applied) safe time; it may not rejoin. Spreads by
+    /// heartbeat. Returns the last sequence number recorded for it.
+    ///
+    /// Meant for a member that is stopped for good: changes it made that no
+    /// other member holds are lost with it.
+    pub fn decommission(&mut self, node: NodeId, replica: &Replica) -> Result<u64, DecommissionError> {
+        if node == self.config.node {
+            return Err(DecommissionError::Myself);
+        }
+        let known = self.peers.contains_key(&node)
+            || self.decommissioned.contains_key(&node)
+            || replica.version_vector().origins().any(|o| o == node);
+        if !known {
+            return Err(DecommissionError::Unknown(node));
+        }
+        let held =
+            self.peers.values().map(|p| p.vv.contiguous(node)).chain([replica.version_vector().contiguous(node)]);
+        let last = held.max().unwrap_or(0);
+        self.remove_member(node, last);
+        Ok(self.decommissioned[&node])
+    }
+
+    fn remove_member(&mut self, node: NodeId, last: u64) {
+        let entry = self.decommissioned.entry(node).or_insert(0);
+        *entry = (*entry).max(last);
+        let Some(peer) = self.peers.remove(&node) else { return };
+        tracing::info!(node = %node, region = %peer.info.region, last_seq = last, "member decommissioned");
+        if let Some(dial) = self.dials.remove(&peer.info.addr) {
+            if let Some(conn) = dial.conn {
+                self.outbound.remove(&conn);
+                self.events.push_back(Event::Close { conn, reason: "member decommissioned".into() });
+            }
+        }
+        let inbound: Vec<ConnId> =
+            self.inbound.iter().filter(|(_, c)| c.node == Some(node)).map(|(conn, _)| *conn).collect();
+        for conn in inbound {
+            self.inbound.remove(&conn);
+            self.events.push_back(Event::Close { conn, reason: "member decommissioned".into() });
+        }
+    }
+
+    /// Whether this node has heard from any member yet. A node that joins
+    /// through seeds knows nothing of the cluster until then, so it cannot
+    /// claim any freshness.
+    pub fn heard_from_any_member(&self) -> bool {
+        self.peers.values().any(|p| p.last_heard.is_some())
+    }
+
+    /// The last sequence number of a decommissioned member, if it is one.
+    pub fn decommissioned(&self, node: NodeId) -> Option<u64> {
+        self.decommissioned.get(&node).copied()
+    }
+
+    /// Every decommissioned member with its last sequence number.
+    pub fn decommissioned_members(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        self.decommissioned.iter().map(|(n, s)| (*n, *s))
     }
 
     /// The address of a known member.

@@ -11,6 +11,7 @@
 //! imposes delay, jitter, loss and cuts per peer).
 
 pub mod core;
+pub mod freshness;
 pub mod message;
 
 #[cfg(feature = "driver")]
@@ -18,5 +19,7 @@ pub mod driver;
 #[cfg(feature = "driver")]
 pub mod link;
 
-pub use crate::core::{ConnId, Event, FrameError, Gossip, GossipConfig, MemberStatus, PeerState, StreamKind, Transmit};
+pub use crate::core::{
+    ConnId, DecommissionError, Event, FrameError, Gossip, GossipConfig, MemberStatus, PeerState, StreamKind, Transmit,
+};
 pub use message::{Closed, Message, FRAME_BYTES_MAX, PROTOCOL_VERSION};

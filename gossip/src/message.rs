@@ -16,13 +16,15 @@ use meridian_crdt::token::{read_varint, write_varint};
 use meridian_crdt::{ChangeRecord, DocId, Hlc, NodeId, VersionVector};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame accepted (a snapshot chunk or a batch of records).
 pub const FRAME_BYTES_MAX: usize = 16 << 20;
 /// Most records in one `Changes` message.
 pub const RECORDS_PER_MESSAGE_MAX: usize = 65_536;
 /// Most members listed in one heartbeat.
 pub const MEMBERS_MAX: usize = 256;
+/// Decommissioned members listed in one heartbeat.
+pub const DECOMMISSIONED_MAX: usize = 1024;
 /// Most documents in one snapshot chunk.
 pub const SNAPSHOT_DOCS_MAX: usize = 65_536;
 /// Most ranges in one version vector on the wire.
@@ -71,6 +73,9 @@ pub struct Heartbeat {
     pub closed: Vec<Closed>,
     /// The sender's state digest.
     pub digest: [u8; 32],
+    /// Members removed for good, each with the last sequence number of its
+    /// changes: they leave safe time once that prefix is applied.
+    pub decommissioned: Vec<(NodeId, u64)>,
 }
 
 /// An origin's closed timestamp: every change of `origin` with HLC <= `t`
@@ -191,6 +196,11 @@ impl Message {
                     write_varint(out, closed.n);
                 }
                 out.extend_from_slice(&hb.digest);
+                write_varint(out, hb.decommissioned.len() as u64);
+                for (node, last) in &hb.decommissioned {
+                    out.extend_from_slice(&node.0.to_be_bytes());
+                    write_varint(out, *last);
+                }
             }
             Message::Changes(records) => {
                 out.push(TAG_CHANGES);
@@ -258,7 +268,12 @@ impl Message {
                     closed.push(Closed { origin, t, n: r.varint()? });
                 }
                 let digest = r.take(32)?.try_into().expect("32 bytes");
-                Message::Heartbeat(Heartbeat { hlc, vv, log_floor, members, applied, closed, digest })
+                let count = r.count(DECOMMISSIONED_MAX, "decommissioned members")?;
+                let mut decommissioned = Vec::with_capacity(count.min(64));
+                for _ in 0..count {
+                    decommissioned.push((r.node()?, r.varint()?));
+                }
+                Message::Heartbeat(Heartbeat { hlc, vv, log_floor, members, applied, closed, digest, decommissioned })
             }
             TAG_CHANGES => {
                 let count = r.count(RECORDS_PER_MESSAGE_MAX, "records")?;
@@ -410,6 +425,7 @@ mod tests {
                 applied: vec![(NodeId(9), 40)],
                 closed: vec![Closed { origin: NodeId(9), t: Hlc::new(4, 0), n: 40 }],
                 digest: [7; 32],
+                decommissioned: vec![(NodeId(4), 17)],
             }),
             Message::Changes(vec![ChangeRecord {
                 meta: ChangeMeta { origin: NodeId(9), seq: 4, hlc: Hlc::new(1, 0) },

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hybrid_clocks::{Clock, WallNS};
 use meridian_crdt::{ChangeRecord, DocId, Document, Hlc, NodeId, Replica, Token, VersionVector, WriteOp};
 use meridian_gossip::driver::{self, Clocks, DriverConfig, DriverHandle, Host};
+use meridian_gossip::freshness::{local_closed, safe_time};
 use meridian_gossip::link::{LinkEmulator, LinkFault};
 use meridian_gossip::{Closed, Event, Gossip, GossipConfig};
 use meridian_web::metrics::{escape_label, header, Histogram};
@@ -125,14 +126,9 @@ impl Core {
     /// below the oldest write still in flight (or now, with none), and `n` is
     /// the last durable sequence number.
     fn closed(&mut self) -> Closed {
-        let origin = self.replica.node();
-        match self.in_flight.front() {
-            Some(&(_, hlc)) => Closed { origin, t: hlc.predecessor().min(self.hlc_lease), n: self.durable_seq },
-            None => {
-                let now = self.clock.now().map(Hlc::from).unwrap_or_else(|_| Hlc::new(wall_ns(), 0));
-                Closed { origin, t: now.min(self.hlc_lease), n: self.replica.last_seq() }
-            }
-        }
+        let now = self.clock.now().map(Hlc::from).unwrap_or_else(|_| Hlc::new(wall_ns(), 0));
+        let oldest = self.in_flight.front().map(|&(_, hlc)| hlc);
+        local_closed(self.replica.node(), oldest, self.durable_seq, self.replica.last_seq(), now, self.hlc_lease)
     }
 
     /// Notes advances of the applied prefixes (for receipts).
@@ -175,27 +171,18 @@ impl Core {
     fn freshness(&mut self, durable_seq: u64) -> Freshness {
         let now_ns = wall_ns();
         let own = self.replica.node();
-        let mut safe_time = Hlc::new(now_ns, 0);
-        let mut per_region = Vec::new();
+        let (safe_time, staleness_ms, per_region) = match &self.gossip {
+            Some(gossip) => {
+                let safe = safe_time(gossip, &self.replica, Instant::now(), now_ns);
+                (
+                    safe.safe_time,
+                    safe.staleness_ms,
+                    safe.origins.into_iter().map(|o| (o.region, o.staleness_ms)).collect(),
+                )
+            }
+            None => (Hlc::new(now_ns, 0), 0, Vec::new()),
+        };
         let applied = self.replica.applied_version_vector();
-        if let Some(gossip) = &self.gossip {
-            // Every member, and every origin whose changes we hold even if it is
-            // not (yet) a known member, e.g. right after a restart before gossip
-            // reconnects: an origin with no closed timestamp here is as stale as
-            // can be, never silently fresh.
-            let mut origins: BTreeMap<NodeId, String> =
-                gossip.members(Instant::now()).into_iter().map(|m| (m.info.node, m.info.region)).collect();
-            for origin in self.replica.version_vector().origins().chain(applied.origins()) {
-                origins.entry(origin).or_insert_with(|| origin.to_string());
-            }
-            origins.remove(&own);
-            for (node, region) in origins {
-                let closed = gossip.effective_closed(node, applied.contiguous(node)).map(|c| c.t).unwrap_or_default();
-                let staleness_ms = now_ns.saturating_sub(closed.wall_ns()) / 1_000_000;
-                per_region.push((region, staleness_ms));
-                safe_time = safe_time.min(closed);
-            }
-        }
         let mut token = Token::default();
         for origin in applied.origins() {
             let mut seq = applied.contiguous(origin);
@@ -206,7 +193,7 @@ impl Core {
                 token.entries.insert(origin, seq);
             }
         }
-        Freshness { staleness_ms: now_ns.saturating_sub(safe_time.wall_ns()) / 1_000_000, per_region, safe_time, token }
+        Freshness { staleness_ms, per_region, safe_time, token }
     }
 }
 

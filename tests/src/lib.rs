@@ -229,7 +229,9 @@ mod probe {
     }
 }
 
+pub mod history;
 pub mod sim;
+pub mod simulation;
 
 /// A free UDP port on loopback (bound, read, released; a tiny race is acceptable in tests).
 pub fn free_udp_port() -> u16 {

@@ -183,6 +183,7 @@ fn local_changes_not_yet_durable_are_never_advertised_or_sent() {
         applied: vec![],
         closed: vec![],
         digest: [0; 32],
+        decommissioned: vec![],
     };
     let frame = Message::Heartbeat(empty).encode_frame();
     gossip.handle_frame(now, 0, 9, meridian_gossip::StreamKind::Live, &frame[4..], &replica);
