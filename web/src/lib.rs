@@ -3,9 +3,11 @@
 //! The router ([`router::router`]) reaches the node only through the
 //! [`node::Node`] trait, which the server implements; tests drive the router
 //! in-process with an in-memory node. Errors become HTTP statuses in exactly
-//! one place: [`error::ApiError`]'s `IntoResponse`.
+//! one place: [`error::ApiError`]'s `IntoResponse`. The live convergence
+//! dashboard ([`dashboard`]) is served by the same router, at `/`.
 
 pub mod api;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod node;

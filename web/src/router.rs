@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use meridian_crdt::patch::parse_patch;
 use meridian_crdt::{base64url, json as crdt_json, DocId, Hlc, Token, WriteOp, DEPTH_MAX};
@@ -58,6 +58,7 @@ impl<N> Clone for AppState<N> {
 /// Builds the router over `node`.
 pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
     let http_metrics = Arc::new(HttpMetrics::default());
+    let dashboard = crate::dashboard::routes(node.clone(), crate::dashboard::DashboardConfig::from_env());
     let state = AppState {
         node,
         http_metrics: http_metrics.clone(),
@@ -72,11 +73,15 @@ pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
         .route("/v1/writes/{token}", get(get_receipt::<N>))
         .route("/v1/events", get(all_events::<N>))
         .route("/v1/admin/faults", get(get_faults::<N>).post(post_fault::<N>).delete(delete_faults::<N>))
+        .route("/v1/admin/members/{member}/decommission", post(decommission::<N>))
         .route("/v1/docs/{*id}", get(get_doc::<N>).put(put_doc::<N>).patch(patch_doc::<N>).delete(delete_doc::<N>))
+        .merge(dashboard)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(http_metrics, metrics::track))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        // Outermost, so preflight requests are answered before routing refuses OPTIONS.
+        .layer(axum::middleware::from_fn(crate::dashboard::cors))
         .with_state(state)
 }
 
@@ -223,7 +228,7 @@ fn writable_id(id: &DocId) -> Result<(), ApiError> {
 }
 
 /// Refuses query parameters an endpoint does not take, naming the ones it does.
-fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
         Some(unknown) => Err(ApiError::bad_request(
             "bad-query",
@@ -234,7 +239,7 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
 }
 
 /// A whole-number query parameter within `range`, or `default` when absent.
-fn bounded_number(
+pub(crate) fn bounded_number(
     params: &HashMap<String, String>,
     name: &str,
     default: u64,
@@ -553,6 +558,15 @@ async fn delete_faults<N: Node>(
 ) -> Result<Json<JsonValue>, ApiError> {
     require_admin(&state, &headers)?;
     Ok(Json(state.node.clear_faults()?))
+}
+
+async fn decommission<N: Node>(
+    State(state): State<AppState<N>>,
+    headers: HeaderMap,
+    Path(member): Path<String>,
+) -> Result<Json<JsonValue>, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.node.decommission(&member)?))
 }
 
 /// Which events a stream carries.
