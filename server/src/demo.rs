@@ -12,6 +12,12 @@
 //! `partition <region>`, `heal`, `kill <region>`, `restart <region>`. They
 //! find the demo through `<dir>/demo.json`; kill and restart go through the
 //! supervisor's small control endpoint, so restarted regions stay its children.
+//!
+//! Every region serves the live dashboard at `/`. The supervisor tells each
+//! region where the others and the control endpoint are (environment
+//! variables the dashboard reads), and the control endpoint answers the
+//! dashboard's `GET /status` and, with the admin token, its kill, restart and
+//! load buttons.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -272,8 +278,10 @@ fn drive(dir: &Path, action: DemoAction) -> Result<(), String> {
 }
 
 fn control(state: &DemoState, path: &str) -> Result<(), String> {
+    let auth = format!("Bearer {}", state.admin_token);
+    let headers = [("authorization", auth.as_str())];
     let reply =
-        http_client::request(&state.control, "POST", path, &[], None, Duration::from_secs(30)).map_err(|err| {
+        http_client::request(&state.control, "POST", path, &headers, None, Duration::from_secs(30)).map_err(|err| {
             format!(
                 "the demo supervisor does not answer at {} ({err}); is `meridian demo` still running?",
                 state.control
@@ -302,7 +310,25 @@ struct Supervisor {
     binary: PathBuf,
     latency: bool,
     regions: Mutex<Vec<Region>>,
+    /// Control requests must carry it: any web page could otherwise POST to a loopback port.
+    admin_token: String,
+    /// `http://` URL of the control endpoint, handed to regions for their dashboards.
+    control_url: String,
+    /// The built-in workload, when running.
+    load: Mutex<Option<LoadRun>>,
+    /// Set on Ctrl-C; a workload started from the dashboard stops with it.
+    stopping: Arc<AtomicBool>,
 }
+
+/// A running built-in workload.
+struct LoadRun {
+    rate: u32,
+    stop: Arc<AtomicBool>,
+    stats: Arc<LoadStats>,
+}
+
+/// Most writes per second the dashboard may ask the built-in workload for.
+const LOAD_RATE_MAX: u32 = 5_000;
 
 impl Supervisor {
     fn spawn(&self, index: usize) -> Result<Child, String> {
@@ -345,6 +371,11 @@ impl Supervisor {
         if let Some(seed) = seed {
             command.args(["--peer", &seed.peer]);
         }
+        // Where the dashboard finds the other regions and the demo's controls:
+        // nodes only learn each other's QUIC addresses, not their HTTP ones.
+        let all: Vec<String> = regions.iter().map(|r| format!("{}=http://{}", r.name, r.http)).collect();
+        command.env(meridian_web::dashboard::REGIONS_ENV, all.join(","));
+        command.env(meridian_web::dashboard::DEMO_CONTROL_ENV, &self.control_url);
         command.spawn().map_err(|e| format!("starting region {}: {e}", region.name))
     }
 
@@ -403,9 +434,75 @@ impl Supervisor {
         self.regions.lock().unwrap_or_else(|e| e.into_inner()).iter().position(|r| r.name == name)
     }
 
-    /// Handles one control request: `/kill/<region>` or `/restart/<region>`.
+    /// What `GET /status` answers: regions, whether each process runs, the workload.
+    fn status_json(&self) -> serde_json::Value {
+        let regions: Vec<serde_json::Value> = self
+            .regions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|r| json!({"region": r.name, "url": format!("http://{}", r.http), "running": r.child.is_some()}))
+            .collect();
+        let load = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        json!({
+            "regions": regions,
+            "latency": self.latency,
+            "load": load.as_ref().map(|run| json!({
+                "rate": run.rate,
+                "writes_per_second": run.stats.last_rate.load(Ordering::Relaxed),
+                "errors": run.stats.errors_total.load(Ordering::Relaxed),
+            })),
+        })
+    }
+
+    /// Starts the built-in workload at `rate` writes/s, replacing a running one.
+    fn start_load(&self, rate: u32) {
+        let http: Vec<String> =
+            self.regions.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|r| r.http.clone()).collect();
+        self.stop_load();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = start_load(&http, rate, stop.clone(), self.stopping.clone());
+        *self.load.lock().unwrap_or_else(|e| e.into_inner()) = Some(LoadRun { rate, stop, stats });
+    }
+
+    fn stop_load(&self) -> bool {
+        match self.load.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(run) => {
+                run.stop.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles one control request: `/kill/<region>`, `/restart/<region>`,
+    /// `/load/start?rate=<writes per second>` or `/load/stop`.
     fn handle_control(&self, path: &str) -> (u16, String) {
-        let (action, name) = match path.trim_start_matches('/').split_once('/') {
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        match route {
+            "/load/start" => {
+                let rate = match query.split('&').find_map(|kv| kv.strip_prefix("rate=")) {
+                    None => 100,
+                    Some(text) => match text.parse::<u32>() {
+                        Ok(rate) if (1..=LOAD_RATE_MAX).contains(&rate) => rate,
+                        _ => return (400, format!("rate must be a whole number from 1 to {LOAD_RATE_MAX}")),
+                    },
+                };
+                self.start_load(rate);
+                println!("[demo] load started from the dashboard: {rate} writes/s");
+                return (200, format!("load running at {rate} writes/s"));
+            }
+            "/load/stop" => {
+                return if self.stop_load() {
+                    println!("[demo] load stopped from the dashboard");
+                    (200, "load stopped".into())
+                } else {
+                    (409, "no load is running".into())
+                };
+            }
+            _ => {}
+        }
+        let (action, name) = match route.trim_start_matches('/').split_once('/') {
             Some((action, name)) => (action, name),
             None => return (404, "unknown control command".into()),
         };
@@ -497,8 +594,17 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
         })
         .collect();
     let binary = std::env::current_exe().map_err(|e| format!("cannot find the meridian binary: {e}"))?;
-    let supervisor =
-        Arc::new(Supervisor { dir: dir.clone(), binary, latency: !args.no_latency, regions: Mutex::new(regions) });
+    let stopping = Arc::new(AtomicBool::new(false));
+    let supervisor = Arc::new(Supervisor {
+        dir: dir.clone(),
+        binary,
+        latency: !args.no_latency,
+        regions: Mutex::new(regions),
+        admin_token: admin_token.clone(),
+        control_url: format!("http://127.0.0.1:{control_port}"),
+        load: Mutex::new(None),
+        stopping: stopping.clone(),
+    });
 
     // The control endpoint, so `meridian demo kill|restart` can reach us.
     let control = std::net::TcpListener::bind(("127.0.0.1", control_port))
@@ -519,7 +625,6 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
     std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state).unwrap_or_default())
         .map_err(|e| format!("{}: {e}", state_path(&dir).display()))?;
 
-    let stopping = Arc::new(AtomicBool::new(false));
     {
         let stopping = stopping.clone();
         install_ctrl_c(move || stopping.store(true, Ordering::SeqCst));
@@ -540,7 +645,9 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
         let supervisor = supervisor.clone();
         std::thread::spawn(move || serve_control(control, supervisor));
     }
-    let load_stats = args.load.map(|rate| start_load(&state, rate, stopping.clone()));
+    if let Some(rate) = args.load {
+        supervisor.start_load(rate.clamp(1, LOAD_RATE_MAX));
+    }
     let mut last_progress = Instant::now();
     while !stopping.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
@@ -562,12 +669,14 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
             }
         }
         drop(regions);
+        let load_stats = supervisor.load.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.stats.clone());
         if let Some(stats) = &load_stats {
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 let elapsed = last_progress.elapsed().as_secs_f64();
                 last_progress = Instant::now();
                 let writes = stats.writes.swap(0, Ordering::Relaxed);
                 let errors = stats.errors.swap(0, Ordering::Relaxed);
+                stats.last_rate.store((writes as f64 / elapsed).round() as u64, Ordering::Relaxed);
                 let cluster = http_client::request(
                     &state.regions[0].http,
                     "GET",
@@ -603,6 +712,7 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
             }
         }
     }
+    supervisor.stop_load();
     println!("\nstopping every region ...");
     for index in 0..count {
         supervisor.stop_region(index, Duration::from_secs(10));
@@ -639,6 +749,11 @@ fn print_banner(state: &DemoState, latency: bool) {
     let first = &state.regions[0];
     let last = state.regions.last().unwrap_or(first);
     println!();
+    println!(
+        "  dashboard:    http://{}/  (every region serves it; enter the admin token there for the controls)",
+        first.http
+    );
+    println!();
     println!("Try:");
     println!("  # write in {}", first.name);
     println!(
@@ -657,7 +772,9 @@ fn print_banner(state: &DemoState, latency: bool) {
     println!();
 }
 
-/// Serves `POST /kill/<region>` and `POST /restart/<region>` for the demo subcommands.
+/// Serves the control endpoint: `POST /kill/<region>`, `/restart/<region>`,
+/// `/load/start?rate=N`, `/load/stop` (each with the admin token), and
+/// `GET /status`, for the demo subcommands and the dashboards (hence CORS).
 fn serve_control(listener: std::net::TcpListener, supervisor: Arc<Supervisor>) {
     use std::io::{BufRead, BufReader, Write};
     for stream in listener.incoming().flatten() {
@@ -669,19 +786,40 @@ fn serve_control(listener: std::net::TcpListener, supervisor: Arc<Supervisor>) {
             if reader.read_line(&mut first).is_err() {
                 return;
             }
-            // Drain the headers.
+            // Read the headers (bounded: a control request is a line and a few headers).
+            let mut authorization = String::new();
             let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+            let mut header_count = 0;
+            while header_count < 64 && reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                header_count += 1;
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.trim().eq_ignore_ascii_case("authorization") {
+                        authorization = value.trim().to_string();
+                    }
+                }
                 line.clear();
             }
             let mut parts = first.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, body) =
-                if method == "POST" { supervisor.handle_control(path) } else { (405, "use POST".to_string()) };
+            let expected = format!("Bearer {}", supervisor.admin_token);
+            let (status, body, content_type) = match method {
+                "OPTIONS" => (204, String::new(), "text/plain"),
+                "GET" if path == "/status" => (200, supervisor.status_json().to_string(), "application/json"),
+                "POST" if authorization.as_bytes() == expected.as_bytes() => {
+                    let (status, body) = supervisor.handle_control(path);
+                    (status, body, "text/plain")
+                }
+                "POST" => (401, "send Authorization: Bearer <admin token>".to_string(), "text/plain"),
+                _ => (405, "use POST, or GET /status".to_string(), "text/plain"),
+            };
             let mut stream = stream;
+            // CORS: dashboards at the regions' origins read /status and, with the token, press buttons.
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                 Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, POST\r\n\
+                 Access-Control-Allow-Headers: authorization\r\nAccess-Control-Max-Age: 600\r\n\
+                 Connection: close\r\n\r\n{body}",
                 body.len()
             );
         });
@@ -689,17 +827,33 @@ fn serve_control(listener: std::net::TcpListener, supervisor: Arc<Supervisor>) {
 }
 
 /// Counters of the built-in workload.
+#[derive(Default)]
 struct LoadStats {
     writes: AtomicU64,
     errors: AtomicU64,
+    /// Errors since the start, for the dashboard (`errors` is reset every progress line).
+    errors_total: AtomicU64,
+    /// Writes/s over the last progress interval.
+    last_rate: AtomicU64,
 }
 
 /// Runs the built-in workload: counters, list appends and field updates over
-/// a few hundred documents, spread across regions, at `rate` writes/s.
-fn start_load(state: &DemoState, rate: u32, stopping: Arc<AtomicBool>) -> Arc<LoadStats> {
-    let stats = Arc::new(LoadStats { writes: AtomicU64::new(0), errors: AtomicU64::new(0) });
+/// a few hundred documents, spread across `regions` (HTTP addresses), at
+/// `rate` writes/s, until `stop` or `stopping` is set.
+fn start_load(regions: &[String], rate: u32, stop: Arc<AtomicBool>, stopping: Arc<AtomicBool>) -> Arc<LoadStats> {
+    let stats = Arc::new(LoadStats::default());
+    let regions = regions.to_vec();
+    {
+        let (stats, stop, stopping) = (stats.clone(), stop.clone(), stopping.clone());
+        // Its own thread: preparing the lists takes a moment, and the dashboard's button should answer at once.
+        std::thread::spawn(move || run_load(&regions, rate, stop, stopping, stats));
+    }
+    stats
+}
+
+fn run_load(regions: &[String], rate: u32, stop: Arc<AtomicBool>, stopping: Arc<AtomicBool>, stats: Arc<LoadStats>) {
     // The lists exist before anyone appends, so appends never race on creating them.
-    let first = state.regions[0].http.clone();
+    let first = regions[0].clone();
     for list in 0..30 {
         let path = format!("/v1/docs/demo/lists/{list}");
         let has_list = http_client::request(&first, "GET", &path, &[], None, Duration::from_secs(5))
@@ -718,14 +872,13 @@ fn start_load(state: &DemoState, rate: u32, stopping: Arc<AtomicBool>) -> Arc<Lo
     }
     let workers = (rate / 50).clamp(1, 16);
     let per_worker = (rate / workers).max(1);
-    let regions: Vec<String> = state.regions.iter().map(|r| r.http.clone()).collect();
     for worker in 0..workers {
-        let (stats, stopping, regions) = (stats.clone(), stopping.clone(), regions.clone());
+        let (stats, stopping, stop, regions) = (stats.clone(), stopping.clone(), stop.clone(), regions.to_vec());
         std::thread::spawn(move || {
             let interval = Duration::from_secs_f64(1.0 / f64::from(per_worker));
             let mut next = Instant::now();
             let mut i: u64 = u64::from(worker) * 1_000_003;
-            while !stopping.load(Ordering::Relaxed) {
+            while !stopping.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let http = &regions[(i % regions.len() as u64) as usize];
                 let doc = i % 300;
@@ -768,6 +921,7 @@ fn start_load(state: &DemoState, rate: u32, stopping: Arc<AtomicBool>) -> Arc<Lo
                             ),
                             Err(err) => format!("{http}{path}: {err}"),
                         };
+                        stats.errors_total.fetch_add(1, Ordering::Relaxed);
                         if stats.errors.fetch_add(1, Ordering::Relaxed) < 3 {
                             eprintln!("[load] write failed: {reason}");
                         }
@@ -783,7 +937,6 @@ fn start_load(state: &DemoState, rate: u32, stopping: Arc<AtomicBool>) -> Arc<Lo
             }
         });
     }
-    stats
 }
 
 /// Calls `on_signal` on Ctrl-C (SIGINT) or SIGTERM.
