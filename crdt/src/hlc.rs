@@ -40,11 +40,14 @@ impl Hlc {
         Hlc(Timestamp { epoch: 0, time: WallNST::of_u64(wall_ns), count: logical })
     }
 
-    /// The next timestamp after this one (same wall time, counter + 1).
+    /// The next timestamp after this one (same wall time, counter + 1). The
+    /// largest timestamp is its own successor: wrapping to zero would stamp a
+    /// change below its dependency (a peer's record can carry any HLC).
     pub fn successor(&self) -> Hlc {
-        match self.logical().checked_add(1) {
-            Some(logical) => Hlc::new(self.wall_ns(), logical),
-            None => Hlc::new(self.wall_ns() + 1, 0),
+        match (self.logical().checked_add(1), self.wall_ns().checked_add(1)) {
+            (Some(logical), _) => Hlc::new(self.wall_ns(), logical),
+            (None, Some(wall)) => Hlc::new(wall, 0),
+            (None, None) => *self,
         }
     }
 
@@ -165,6 +168,15 @@ mod tests {
         assert!(Hlc::new(5, 9) < Hlc::new(6, 0));
         assert!(Hlc::new(5, 1) < Hlc::new(5, 2));
         assert_eq!(Hlc::from_bytes(Hlc::new(5, 2).to_bytes()), Hlc::new(5, 2));
+    }
+
+    #[test]
+    fn successor_of_the_largest_timestamp_saturates() {
+        // Found by the hlc_text fuzz target: `wall + 1` overflowed.
+        let max = Hlc::new(u64::MAX, u32::MAX);
+        assert_eq!(max.successor(), max);
+        assert_eq!(Hlc::new(5, u32::MAX).successor(), Hlc::new(6, 0));
+        assert_eq!(max.predecessor().successor(), max);
     }
 
     #[test]
