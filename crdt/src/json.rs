@@ -216,9 +216,12 @@ pub fn update_slot<T: Transactable>(tx: &mut T, obj: &ObjId, slot: &Slot, wanted
         (Some((AmValue::Object(ObjType::List), child)), Json::Array(items)) => update_list(tx, &child, items),
         (Some((AmValue::Scalar(scalar), _)), _) => {
             if let (ScalarValue::Counter(counter), Some(target)) = (scalar.as_ref(), wanted.as_i64()) {
-                let delta = target.wrapping_sub(i64::from(counter));
-                if delta != 0 {
-                    tx.increment(obj, slot.prop(), delta)?;
+                match target.checked_sub(i64::from(counter)) {
+                    Some(0) => {}
+                    Some(delta) => tx.increment(obj, slot.prop(), delta)?,
+                    // A jump wider than i64 overflows automerge's running total
+                    // (a panic in debug builds): start a new counter at the target.
+                    None => tx.put(obj, slot.prop(), ScalarValue::counter(target))?,
                 }
                 return Ok(());
             }
@@ -335,5 +338,17 @@ mod tests {
         assert_eq!(depth(&json!(1)), 0);
         assert_eq!(depth(&json!({})), 1);
         assert_eq!(depth(&json!({"a":[{"b":1}]})), 3);
+    }
+
+    #[test]
+    fn a_counter_jump_wider_than_i64_does_not_overflow() {
+        // Found by the json_patch fuzz target: the delta wrapped, and automerge's
+        // running total overflowed (a panic in debug builds).
+        let mut doc = automerge::AutoCommit::new();
+        doc.put(automerge::ROOT, "n", ScalarValue::counter(-5)).unwrap();
+        update_slot(&mut doc, &automerge::ROOT, &Slot::Key("n".into()), &json!(i64::MAX)).unwrap();
+        assert_eq!(read_object(&doc, &automerge::ROOT, ObjType::Map, None), json!({"n": i64::MAX}));
+        update_slot(&mut doc, &automerge::ROOT, &Slot::Key("n".into()), &json!(7)).unwrap();
+        assert_eq!(read_object(&doc, &automerge::ROOT, ObjType::Map, None), json!({"n": 7}));
     }
 }
