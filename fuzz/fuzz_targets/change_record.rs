@@ -1,0 +1,6 @@
+//! Fuzz target `change_record`: the property check lives in `meridian_fuzz::change_record`
+//! (fuzz/src/lib.rs), shared with the corpus regression test.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meridian_fuzz::change_record(data));

@@ -1,0 +1,6 @@
+//! Fuzz target `doc_id`: the property check lives in `meridian_fuzz::doc_id`
+//! (fuzz/src/lib.rs), shared with the corpus regression test.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meridian_fuzz::doc_id(data));
