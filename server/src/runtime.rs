@@ -1081,6 +1081,44 @@ impl Node for NodeRuntime {
         self.sync_link();
         self.faults_json()
     }
+
+    fn decommission(&self, member: &str) -> Result<Json, NodeError> {
+        let mut guard = lock(&self.shared);
+        let core = &mut *guard;
+        let Some(gossip) = core.gossip.as_mut() else {
+            return Err(NodeError::Off("replication is off on this node (no --certs), so it has no members".into()));
+        };
+        let node = match member.parse::<NodeId>() {
+            Ok(node) => node,
+            Err(_) => {
+                let named: Vec<NodeId> = gossip
+                    .members(Instant::now())
+                    .into_iter()
+                    .filter(|m| m.info.region == member)
+                    .map(|m| m.info.node)
+                    .collect();
+                match named.as_slice() {
+                    [node] => *node,
+                    [] => {
+                        return Err(NodeError::Invalid(format!(
+                            "no member of region {member:?} is known here; name it by region or node id as GET /v1/cluster shows"
+                        )))
+                    }
+                    _ => {
+                        return Err(NodeError::Invalid(format!(
+                            "several members are in region {member:?}; name one by its node id"
+                        )))
+                    }
+                }
+            }
+        };
+        let last_seq = gossip.decommission(node, &core.replica).map_err(|err| NodeError::Invalid(err.to_string()))?;
+        drop(guard);
+        // Safe time may have moved: waiting readers re-check.
+        self.shared.bump();
+        tracing::warn!(member = %node, last_seq, "member decommissioned");
+        Ok(json!({ "decommissioned": node.to_string(), "last_seq": last_seq }))
+    }
 }
 
 /// A per-peer metric: name, type, help, and how to read it off a member.
@@ -1883,5 +1921,9 @@ impl Node for NodeHandle {
 
     fn clear_faults(&self) -> Result<Json, NodeError> {
         self.get()?.clear_faults()
+    }
+
+    fn decommission(&self, member: &str) -> Result<Json, NodeError> {
+        self.get()?.decommission(member)
     }
 }

@@ -83,7 +83,8 @@ impl Sim {
         }
     }
 
-    fn wall_ns(&self) -> u64 {
+    /// Virtual wall-clock time in ns.
+    pub fn wall_ns(&self) -> u64 {
         self.wall_start_ns + self.now.duration_since(self.start).as_nanos() as u64
     }
 

@@ -250,3 +250,41 @@ fn a_state_transfer_with_a_missing_chunk_does_not_claim_its_vector() {
     assert_eq!(claimed, vec![false, true]);
     let _ = Hlc::zero();
 }
+
+#[test]
+fn a_decommissioned_member_leaves_membership_and_safe_time_everywhere() {
+    let mut sim = Sim::new(Duration::from_millis(10));
+    let a = sim.add_node("us-east", &[]);
+    let b = sim.add_node("eu-west", &[a]);
+    let c = sim.add_node("ap-southeast", &[a]);
+    sim.run(Duration::from_millis(500));
+    sim.write(c, "from-c", put(json!({"x": 1})));
+    sim.run_until_converged(Duration::from_secs(5)).unwrap_or_else(|| panic!("did not converge\n{}", sim.describe()));
+    let c_id = sim.nodes[c].replica.node();
+    // c stops for good: cut it off, and its staleness grows without bound at a.
+    sim.cut(a, c, true);
+    sim.cut(b, c, true);
+    sim.run(Duration::from_secs(5));
+    let stale = |sim: &Sim, i: usize| {
+        let node = &sim.nodes[i];
+        meridian_gossip::freshness::safe_time(&node.gossip, &node.replica, sim.now, sim.wall_ns())
+    };
+    assert!(stale(&sim, a).origins.iter().any(|o| o.node == c_id && o.staleness_ms >= 4000));
+    let node_a = &mut sim.nodes[a];
+    let err = node_a.gossip.decommission(node_a.replica.node(), &node_a.replica).unwrap_err();
+    assert_eq!(err, meridian_gossip::DecommissionError::Myself);
+    let last = node_a.gossip.decommission(c_id, &node_a.replica).expect("decommission c");
+    assert_eq!(last, 1, "c made one change");
+    sim.run(Duration::from_millis(500));
+    for i in [a, b] {
+        let node = &sim.nodes[i];
+        assert_eq!(node.gossip.decommissioned(c_id), Some(1), "node {i} learned of it by heartbeat");
+        assert!(node.gossip.members(sim.now).iter().all(|m| m.info.node != c_id), "node {i} still lists c");
+        let fresh = stale(&sim, i);
+        assert!(fresh.origins.iter().all(|o| o.node != c_id), "c still counts towards safe time at node {i}");
+        assert!(fresh.staleness_ms < 1000, "node {i} is {} ms stale", fresh.staleness_ms);
+    }
+    // Its change stays: decommissioning removes the member, not its data.
+    let id = meridian_crdt::DocId::new("from-c").unwrap();
+    assert!(sim.nodes[b].replica.document(&id).is_some_and(|s| s.doc.exists()));
+}

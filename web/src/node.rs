@@ -204,4 +204,8 @@ pub trait Node: Send + Sync + 'static {
 
     /// Heals every link.
     fn clear_faults(&self) -> Result<Json, NodeError>;
+
+    /// Removes a member (named by node id or region) from the cluster for
+    /// good: it leaves membership, log truncation and safe time, and may not rejoin.
+    fn decommission(&self, member: &str) -> Result<Json, NodeError>;
 }
