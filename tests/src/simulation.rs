@@ -883,7 +883,7 @@ impl Simulation {
             outcome: WriteOutcome::Unknown("in flight".into()),
         });
         let hlc = self.next_hlc(index);
-        let fsync = Duration::from_millis(self.rng.range(1, 8));
+        let fsync = Duration::from_millis(self.rng.range(1, 25));
         let now = self.now;
         let live = self.nodes[index].live.as_mut().expect("up");
         match live.replica.local_write(&DocId::new(&doc).expect("id"), &op, hlc, None) {
