@@ -90,6 +90,9 @@ pub struct GossipConfig {
     pub transfer_cooldown: Duration,
     /// Seed for jitter.
     pub seed: u64,
+    /// Whether this node was admitted before (it made changes then). A node
+    /// with seeds that was not must wait for admission before taking writes.
+    pub joined: bool,
 }
 
 impl GossipConfig {
@@ -114,6 +117,7 @@ impl GossipConfig {
             redial_max: Duration::from_secs(5),
             transfer_cooldown: Duration::from_secs(2),
             seed: node.0,
+            joined: false,
         }
     }
 }
@@ -225,6 +229,8 @@ struct Peer {
     /// When we first learned of each advance of `applied`: (origin, new prefix, our wall ns).
     receipts: VecDeque<(NodeId, u64, u64)>,
     digest: Option<[u8; 32]>,
+    /// Whether its heartbeats list us as a member (it knows we exist).
+    lists_us: bool,
     /// The state transfer being received from this peer: (id, next chunk expected, a chunk was missed).
     incoming_transfer: Option<(u64, u64, bool)>,
     last_heard: Option<Instant>,
@@ -353,6 +359,8 @@ pub struct Gossip {
     local_durable: u64,
     /// Members removed for good, with the last sequence number of their changes.
     decommissioned: BTreeMap<NodeId, u64>,
+    /// Whether this node may take writes: every member it knows knows it.
+    admitted: bool,
 }
 
 /// Closed timestamps kept per origin: enough that one whose changes are
@@ -383,6 +391,7 @@ impl Gossip {
             closed: BTreeMap::new(),
             local_durable: 0,
             decommissioned: BTreeMap::new(),
+            admitted: config.joined || config.seeds.is_empty(),
             config,
         };
         for seed in gossip.config.seeds.clone() {
@@ -640,6 +649,7 @@ impl Gossip {
                         applied: BTreeMap::new(),
                         receipts: VecDeque::new(),
                         digest: None,
+                        lists_us: false,
                         incoming_transfer: None,
                         last_heard: None,
                         vv: VersionVector::new(),
@@ -726,6 +736,7 @@ impl Gossip {
                 }
             }
             peer.digest = Some(heartbeat.digest);
+            peer.lists_us = heartbeat.members.iter().any(|m| m.node == self.config.node);
             peer.vv = heartbeat.vv;
             peer.hlc = Some(heartbeat.hlc);
             peer.offset_ms = offset_ms as i64;
@@ -739,6 +750,10 @@ impl Gossip {
         }
         for member in heartbeat.members {
             self.learn_member(member, now);
+        }
+        if !self.admitted && self.peers.values().all(|p| p.lists_us) {
+            tracing::info!(members = self.peers.len(), "admitted: every known member knows this node");
+            self.admitted = true;
         }
         self.anti_entropy(now, from, replica);
     }
@@ -1182,6 +1197,21 @@ impl Gossip {
     /// claim any freshness.
     pub fn heard_from_any_member(&self) -> bool {
         self.peers.values().any(|p| p.last_heard.is_some())
+    }
+
+    /// Whether this node may take writes. A node joining through seeds is
+    /// admitted once every member it knows lists it in a heartbeat, so no
+    /// member computes safe time without it: a write made before some member
+    /// knew the writer existed could hide below that member's safe time.
+    /// Founding nodes (no seeds) and nodes that were admitted before are
+    /// admitted at once. Admission is never taken back.
+    pub fn admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// Known members that do not list this node yet (while joining).
+    pub fn not_yet_listing_us(&self) -> Vec<MemberInfo> {
+        self.peers.values().filter(|p| !p.lists_us).map(|p| p.info.clone()).collect()
     }
 
     /// The last sequence number of a decommissioned member, if it is one.

@@ -116,6 +116,9 @@ const HLC_LEASE_AHEAD: Duration = Duration::from_millis(1000);
 /// The lease is renewed when less than this remains.
 const HLC_LEASE_RENEW_BELOW: Duration = Duration::from_millis(500);
 
+/// How long a write waits for a joining node's admission before a 503.
+const ADMISSION_WAIT: Duration = Duration::from_secs(5);
+
 /// Receipt transitions kept for this node.
 const RECEIPTS_KEPT: usize = 65_536;
 
@@ -422,7 +425,11 @@ impl NodeRuntime {
         gossip_config.heartbeat_interval = config.heartbeat;
         gossip_config.suspect_after = config.heartbeat * 5;
         gossip_config.down_after = (config.heartbeat * 30).max(Duration::from_secs(1));
-        lock(&self.shared).gossip = Some(Gossip::new(gossip_config, Instant::now()));
+        let mut core = lock(&self.shared);
+        // A node that made changes before was admitted then; admission is never taken back.
+        gossip_config.joined = core.replica.last_seq() > 0;
+        core.gossip = Some(Gossip::new(gossip_config, Instant::now()));
+        drop(core);
         let link = LinkEmulator::new(self.node_id.0);
         let host = Arc::new(ReplicationHost { shared: self.shared.clone(), runtime: Arc::downgrade(self) });
         let handle = driver::spawn(
@@ -504,6 +511,7 @@ impl NodeRuntime {
         if let Some(err) = self.unavailable() {
             return Err(err);
         }
+        self.wait_admitted().await?;
         let _slot = self.write_slots.try_acquire().map_err(|_| {
             NodeError::Unavailable(format!(
                 "more than {WRITES_IN_FLIGHT_MAX} writes are waiting for disk; retry shortly"
@@ -607,6 +615,36 @@ impl NodeRuntime {
         // The snapshot may hold local changes not yet durable: answer only once they are.
         self.wait_durable(last_local).await?;
         Ok(DocRead { json, etag, freshness })
+    }
+
+    /// Waits until the node is admitted to the cluster (see
+    /// [`Gossip::admitted`]): a joining node's writes could otherwise hide
+    /// below the safe time of a member that does not know it yet.
+    async fn wait_admitted(&self) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
+        let mut progress = self.shared.progress.subscribe();
+        loop {
+            let waiting: Option<Vec<String>> = {
+                let core = lock(&self.shared);
+                match &core.gossip {
+                    Some(gossip) if !gossip.admitted() => {
+                        Some(gossip.not_yet_listing_us().into_iter().map(|m| m.region).collect())
+                    }
+                    _ => None,
+                }
+            };
+            let Some(waiting) = waiting else { return Ok(()) };
+            if !self.wait_progress(&mut progress, deadline).await {
+                let detail = if waiting.is_empty() {
+                    "it has not reached any member yet (check --peer and the network)".to_string()
+                } else {
+                    format!("still waiting for {} to know it", waiting.join(", "))
+                };
+                return Err(NodeError::Unavailable(format!(
+                    "this node is joining the cluster and takes writes once every member it knows lists it: {detail}; retry shortly"
+                )));
+            }
+        }
     }
 
     /// Waits for applied state or closed timestamps to move; false at the deadline.
@@ -883,6 +921,8 @@ impl NodeRuntime {
             self.driver.get().map(|d| d.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
         let flags = self.shared.clock_flags.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let handshakes_refused = self.driver.get().map_or(0, |d| d.stats.handshakes_refused.load(Ordering::Relaxed));
+        // The emulated link towards each region, so the dashboard can label links without the admin token.
+        let link_faults = self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let members_json: Vec<Json> = members
             .iter()
             .map(|m| {

@@ -413,10 +413,13 @@ impl Simulation {
         let region = format!("r{}", index % self.config.regions.max(1));
         let addr: SocketAddr = format!("10.0.0.{}:7171", index + 1).parse().expect("addr");
         // A new node knows one or two existing members; gossip spreads the rest.
+        // Operators give a joining node members that are still in the cluster.
+        let members: Vec<usize> =
+            (0..index).filter(|&i| !matches!(self.nodes[i].state, NodeState::Decommissioned | NodeState::Draining)).collect();
         let mut seeds = Vec::new();
-        if index > 0 {
-            seeds.push(self.nodes[self.rng.below(index as u64) as usize].addr);
-            seeds.push(self.nodes[self.rng.below(index as u64) as usize].addr);
+        if !members.is_empty() {
+            seeds.push(self.nodes[*self.rng.pick(&members)].addr);
+            seeds.push(self.nodes[*self.rng.pick(&members)].addr);
         }
         let (skew_ns, drift_ppm) = if self.config.clock_beyond_offset && index == 1 {
             // Far beyond the maximum offset: its clock must not drag others along.
@@ -458,6 +461,7 @@ impl Simulation {
         let mut config = GossipConfig::new(node.id, &node.region, CLUSTER, node.addr);
         config.seeds = node.seeds.clone();
         config.seed = self.config.seed ^ node.id.0;
+        config.joined = replica.last_seq() > 0;
         let clock = Hlc::new(wall, 0).max(node.disk.hlc_high).max(node.disk.lease);
         let durable_seq = replica.last_seq();
         node.live = Some(Live {
@@ -882,6 +886,12 @@ impl Simulation {
             end_ms: at_ms,
             outcome: WriteOutcome::Unknown("in flight".into()),
         });
+        if !self.nodes[index].live.as_ref().expect("up").gossip.admitted() {
+            // The server holds the write until admission; the simulated client gives up at once.
+            self.history.writes[write].outcome = WriteOutcome::Failed("joining: not admitted yet".into());
+            self.stats.writes_failed += 1;
+            return write;
+        }
         let hlc = self.next_hlc(index);
         let fsync = Duration::from_millis(self.rng.range(1, 25));
         let now = self.now;
