@@ -15,9 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-/// The W3C name of the key in element references.
-const ELEMENT_KEY: &str = "element-6066-11e4-a5ee-4a93-a0f2-5d6e7bda4f5e";
-
 /// Where the browser and its driver are, or why they cannot be used.
 pub struct Browser {
     /// The `chromedriver` executable.
@@ -57,7 +54,11 @@ pub struct Session {
 
 /// A reference to an element on the page.
 #[derive(Clone, Debug)]
-pub struct Element(String);
+pub struct Element {
+    /// The W3C element identifier the driver used (a fixed, odd-looking string).
+    key: String,
+    id: String,
+}
 
 impl Session {
     /// Starts `chromedriver` on a free loopback port and opens a headless
@@ -139,23 +140,24 @@ impl Session {
     /// The first element matching a CSS selector.
     pub async fn find(&self, css: &str) -> Result<Element> {
         let found = self.call_session("POST", "/element", Some(json!({"using": "css selector", "value": css}))).await?;
-        // The reference is the object's one member (named by ELEMENT_KEY in the W3C spec).
+        // The reference is the object's one member, named by the W3C element identifier.
         found
-            .get(ELEMENT_KEY)
-            .or_else(|| found.as_object().and_then(|o| o.values().next()))
-            .and_then(Value::as_str)
-            .map(|id| Element(id.to_string()))
+            .as_object()
+            .and_then(|o| o.iter().next())
+            .and_then(|(key, id)| Some(Element { key: key.clone(), id: id.as_str()?.to_string() }))
             .ok_or_else(|| anyhow!("no element {css}: {found}"))
     }
 
-    /// Clicks an element.
+    /// Clicks an element, first scrolled to the middle of the window so sticky headers cannot cover it.
     pub async fn click(&self, element: &Element) -> Result<()> {
-        self.call_session("POST", &format!("/element/{}/click", element.0), None).await.map(|_| ())
+        let reference = json!({ element.key.clone(): element.id });
+        self.execute("arguments[0].scrollIntoView({block: 'center'})", vec![reference]).await?;
+        self.call_session("POST", &format!("/element/{}/click", element.id), None).await.map(|_| ())
     }
 
     /// Types `text` into an element.
     pub async fn type_text(&self, element: &Element, text: &str) -> Result<()> {
-        self.call_session("POST", &format!("/element/{}/value", element.0), Some(json!({ "text": text })))
+        self.call_session("POST", &format!("/element/{}/value", element.id), Some(json!({ "text": text })))
             .await
             .map(|_| ())
     }

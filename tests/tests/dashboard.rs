@@ -243,6 +243,36 @@ async fn the_dashboard_shows_a_cut_and_its_healing_in_a_real_browser() {
     session.execute("document.getElementById('inspector').scrollIntoView()", vec![]).await.unwrap();
     session.screenshot(&shots.join("05-inspector-dark.png")).await.unwrap();
 
+    // Kill a region with the demo's button: greyed with its last-seen time, then back.
+    session.click(&session.find("[data-region=eu-west] button[data-action=kill]").await.unwrap()).await.unwrap();
+    session
+        .wait_for(
+            "eu-west greyed with its last-seen time",
+            long,
+            "const card = document.querySelector('#regions .card-down[data-region=eu-west]');
+             return !!card && card.textContent.includes('last seen')
+                && !!document.querySelector('#topology .region-down[data-region=eu-west]')",
+        )
+        .await
+        .unwrap();
+    step("eu-west killed and greyed");
+    session.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
+    session.screenshot(&shots.join("06-region-down-dark.png")).await.unwrap();
+    session.click(&session.find("[data-region=eu-west] button[data-action=restart]").await.unwrap()).await.unwrap();
+    session
+        .wait_for(
+            "eu-west back up",
+            Duration::from_secs(60),
+            "return !document.querySelector('#regions .card-down') && document.querySelectorAll('#regions .card').length === 3",
+        )
+        .await
+        .unwrap();
+    session
+        .wait_for("CONVERGED after restart", Duration::from_secs(60), &format!("{HEADLINE} === 'CONVERGED'"))
+        .await
+        .unwrap();
+    step("eu-west restarted, CONVERGED");
+
     // Nothing the page did was refused or failed.
     let status: Value =
         session.execute("return document.getElementById('control-status').className", vec![]).await.unwrap();

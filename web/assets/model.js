@@ -170,6 +170,8 @@ export class Model {
     const rank = { alive: 0, suspect: 1, unknown: 2, down: 3 };
     const worst = views.reduce((acc, m) => Math.max(acc, rank[m.state] ?? 2), -1);
     let health = ['ok', 'degraded', 'down', 'down'][worst] || 'unknown';
+    // A link to a region that is down is down, whatever the other end has not noticed yet.
+    if (views.length && (!this.region(a).up || !this.region(b).up)) health = 'down';
     if (cut) health = 'cut';
     const rtts = views.map((m) => m.rtt_ms).filter((v) => typeof v === 'number');
     return {
