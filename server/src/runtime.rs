@@ -951,6 +951,7 @@ impl NodeRuntime {
                     "queue_drops": m.stats.queue_drops,
                     "state_transfers_sent": m.stats.transfers_sent,
                     "last_dial_error": m.last_dial_error,
+                    "link_fault": link_faults.get(&m.info.region),
                 })
             })
             .collect();

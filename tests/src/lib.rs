@@ -232,6 +232,7 @@ mod probe {
 pub mod history;
 pub mod sim;
 pub mod simulation;
+pub mod webdriver;
 
 /// A free UDP port on loopback (bound, read, released; a tiny race is acceptable in tests).
 pub fn free_udp_port() -> u16 {
