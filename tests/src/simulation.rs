@@ -70,7 +70,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -79,7 +79,7 @@ impl Rng {
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     /// Uniform in `lo..=hi`.
@@ -89,7 +89,7 @@ impl Rng {
 
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 
     /// One element of a non-empty slice.
@@ -360,6 +360,8 @@ impl Simulation {
         let mut rng = Rng::new(config.seed);
         let regions = config.regions.max(1);
         let mut latency = vec![vec![0; regions]; regions];
+        // A symmetric matrix is filled by index pairs: clearer than iterators here.
+        #[allow(clippy::needless_range_loop)]
         for a in 0..regions {
             for b in a..regions {
                 let ms = if a == b { rng.range(1, 3) } else { rng.range(10, 120) };
@@ -414,8 +416,9 @@ impl Simulation {
         let addr: SocketAddr = format!("10.0.0.{}:7171", index + 1).parse().expect("addr");
         // A new node knows one or two existing members; gossip spreads the rest.
         // Operators give a joining node members that are still in the cluster.
-        let members: Vec<usize> =
-            (0..index).filter(|&i| !matches!(self.nodes[i].state, NodeState::Decommissioned | NodeState::Draining)).collect();
+        let members: Vec<usize> = (0..index)
+            .filter(|&i| !matches!(self.nodes[i].state, NodeState::Decommissioned | NodeState::Draining))
+            .collect();
         let mut seeds = Vec::new();
         if !members.is_empty() {
             seeds.push(self.nodes[*self.rng.pick(&members)].addr);
@@ -1281,7 +1284,7 @@ impl Simulation {
                 return false;
             }
             if let FaultKind::Flapping { links, period } = &fault.what {
-                if ms % period.as_millis() as u64 == 0 {
+                if ms.is_multiple_of(period.as_millis() as u64) {
                     flips.push(links.clone());
                 }
             }
