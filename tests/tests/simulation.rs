@@ -1,6 +1,6 @@
 //! The deterministic whole-cluster simulation, run over many seeds.
 //!
-//! CI runs a fixed budget of seeds (`MERIDIAN_SIM_SEEDS`, default 24, from
+//! CI runs a fixed budget of seeds (`MERIDIAN_SIM_SEEDS`, default 20, from
 //! `MERIDIAN_SIM_FIRST_SEED`, default 1). A failure prints the seed and the one
 //! command that replays it exactly (`MERIDIAN_SIM_SEED=<seed>`). A second test
 //! runs deliberately broken variants and requires the checkers to catch each.
@@ -31,7 +31,7 @@ fn seeds_converge_and_keep_every_promise() {
         Some(seed) => vec![seed],
         None => {
             let first = env_u64("MERIDIAN_SIM_FIRST_SEED").unwrap_or(1);
-            let count = env_u64("MERIDIAN_SIM_SEEDS").unwrap_or(24);
+            let count = env_u64("MERIDIAN_SIM_SEEDS").unwrap_or(20);
             (first..first + count).collect()
         }
     };
