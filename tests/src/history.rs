@@ -211,12 +211,24 @@ fn check_convergence(finals: &[FinalState], out: &mut Vec<Violation>) {
     }
 }
 
-/// Whether `json` reflects one write (set-adds and appends only; increments are checked as sums).
-fn reflects(json: Option<&Json>, kind: &WriteKind) -> bool {
-    match kind {
-        WriteKind::SetAdd { key } => json.and_then(|j| j.get(key)).is_some(),
-        WriteKind::Append { value } => items(json).iter().any(|v| v == value),
-        WriteKind::Increment { .. } | WriteKind::Other { .. } => true,
+/// A document as the checkers look at it: its JSON and, computed once, its list items.
+struct View<'a> {
+    json: Option<&'a Json>,
+    items: BTreeSet<String>,
+}
+
+impl<'a> View<'a> {
+    fn new(json: Option<&'a Json>) -> View<'a> {
+        View { json, items: items(json).into_iter().collect() }
+    }
+
+    /// Whether it reflects one write (set-adds and appends only; increments are checked as sums).
+    fn reflects(&self, kind: &WriteKind) -> bool {
+        match kind {
+            WriteKind::SetAdd { key } => self.json.and_then(|j| j.get(key)).is_some(),
+            WriteKind::Append { value } => self.items.contains(value),
+            WriteKind::Increment { .. } | WriteKind::Other { .. } => true,
+        }
     }
 }
 
@@ -238,6 +250,7 @@ fn check_final(history: &History, state: &FinalState, out: &mut Vec<Violation>) 
     for (doc, writes) in by_doc {
         let json = state.docs.get(doc).cloned().flatten();
         let json = json.as_ref();
+        let view = View::new(json);
         let mut attempted_values = BTreeSet::new();
         let (mut acked_sum, mut unknown_sum) = (0i64, 0i64);
         for write in &writes {
@@ -252,7 +265,7 @@ fn check_final(history: &History, state: &FinalState, out: &mut Vec<Violation>) 
                     if !matches!(write.outcome, WriteOutcome::Failed(_)) {
                         attempted_values.insert(value.clone());
                     }
-                    if acked && !reflects(json, &write.kind) {
+                    if acked && !view.reflects(&write.kind) {
                         out.push(Violation {
                             checker: "lost-write",
                             detail: format!(
@@ -263,7 +276,7 @@ fn check_final(history: &History, state: &FinalState, out: &mut Vec<Violation>) 
                     }
                 }
                 WriteKind::SetAdd { key } => {
-                    if acked && !reflects(json, &write.kind) {
+                    if acked && !view.reflects(&write.kind) {
                         out.push(Violation {
                             checker: "lost-write",
                             detail: format!(
@@ -316,6 +329,7 @@ fn check_reads(history: &History, out: &mut Vec<Violation>) {
     for read in &history.reads {
         let ReadOutcome::Ok { json, safe_time, staleness_ms } = &read.outcome else { continue };
         let json = json.as_ref();
+        let view = View::new(json);
         let writes = by_doc.get(read.doc.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         if let Some(limit) = read.max_staleness_ms {
             if *staleness_ms > limit {
@@ -330,7 +344,7 @@ fn check_reads(history: &History, out: &mut Vec<Violation>) {
         }
         if let Some(index) = read.after {
             let write = &history.writes[index];
-            if !reflects(json, &write.kind) {
+            if !view.reflects(&write.kind) {
                 out.push(Violation {
                     checker: "read-after",
                     detail: format!(
@@ -350,7 +364,7 @@ fn check_reads(history: &History, out: &mut Vec<Violation>) {
         for write in writes.iter().filter(|w| w.acked_hlc().is_some_and(|h| h <= horizon)) {
             if let WriteKind::Increment { by } = write.kind {
                 required_sum += by;
-            } else if !reflects(json, &write.kind) {
+            } else if !view.reflects(&write.kind) {
                 out.push(Violation {
                     checker: if read.at.is_some() { "read-at" } else { "staleness" },
                     detail: format!(
@@ -382,7 +396,7 @@ fn check_reads(history: &History, out: &mut Vec<Violation>) {
         if let Some(at) = read.at {
             for write in writes.iter().filter(|w| w.acked_hlc().is_some_and(|h| h > at)) {
                 let shows = match &write.kind {
-                    WriteKind::SetAdd { .. } | WriteKind::Append { .. } => reflects(json, &write.kind),
+                    WriteKind::SetAdd { .. } | WriteKind::Append { .. } => view.reflects(&write.kind),
                     _ => false,
                 };
                 if shows {
