@@ -139,6 +139,48 @@ impl From<NodeError> for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(err: crate::auth::AuthError) -> ApiError {
+        use crate::auth::AuthError;
+        let detail = err.to_string();
+        match err {
+            // RFC 6750: a missing or wrong token says which scheme to use.
+            AuthError::Missing { .. } => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+                .with_header(header::WWW_AUTHENTICATE, "Bearer"),
+            AuthError::Invalid { .. } => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+                .with_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""),
+            AuthError::Forbidden { needed, .. } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+                .with("needed_scope", needed.name())
+                .with_header(
+                    header::WWW_AUTHENTICATE,
+                    &format!("Bearer error=\"insufficient_scope\", scope=\"{needed}\""),
+                ),
+            AuthError::AdminOff => ApiError::new(StatusCode::NOT_FOUND, "no-route", detail),
+        }
+    }
+}
+
+impl From<crate::limits::LimitError> for ApiError {
+    fn from(err: crate::limits::LimitError) -> ApiError {
+        use crate::limits::LimitError;
+        let detail = err.to_string();
+        match err {
+            LimitError::RateLimited { retry_after_s } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
+                    .with_header(header::RETRY_AFTER, &retry_after_s.to_string())
+            }
+            LimitError::Overloaded { .. } | LimitError::TooManyStreams { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail)
+                    .with_header(header::RETRY_AFTER, "1")
+            }
+            LimitError::TimedOut { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", detail).with_header(header::RETRY_AFTER, "1")
+            }
+            LimitError::BodyTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", detail),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Error");
