@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meridian_web::auth::Tokens;
+use meridian_web::limits::Limits;
+use meridian_web::WebConfig;
 use serde::Deserialize;
 
 /// Flags of `meridian serve`. Every flag can also come from the environment
@@ -61,6 +64,33 @@ pub struct ServeArgs {
     /// File holding the admin bearer token (admin endpoints are off without one)
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// File of client tokens, one `token scopes` a line (scopes: read, write, admin); MERIDIAN_TOKENS adds inline ones
+    #[arg(long, env = "MERIDIAN_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve clients without a token (needed to listen beyond loopback without tokens)
+    #[arg(long, env = "MERIDIAN_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// Longest a request may take, in ms, plus any wait_ms the read asks for [default: 10000]
+    #[arg(long, env = "MERIDIAN_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Requests handled at once; beyond, 503 with Retry-After [default: 512]
+    #[arg(long, env = "MERIDIAN_CONCURRENCY_MAX", value_name = "N")]
+    pub concurrency_max: Option<usize>,
+    /// Server-sent event streams open at once; beyond, 503 [default: 256]
+    #[arg(long, env = "MERIDIAN_STREAMS_MAX", value_name = "N")]
+    pub streams_max: Option<usize>,
+    /// Sustained requests per second per token (per IP without one); 0 turns it off [default: 5000]
+    #[arg(long, env = "MERIDIAN_RATE_LIMIT_PER_SECOND", value_name = "N")]
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests a client may burst above its rate [default: twice the rate]
+    #[arg(long, env = "MERIDIAN_RATE_LIMIT_BURST", value_name = "N")]
+    pub rate_limit_burst: Option<u32>,
+    /// TCP connections open at once; beyond, 503 and closed [default: 768]
+    #[arg(long, env = "MERIDIAN_CONNECTIONS_MAX", value_name = "N")]
+    pub connections_max: Option<usize>,
+    /// Time a client has to send request headers, and idle keep-alive time, in ms [default: 10000]
+    #[arg(long, env = "MERIDIAN_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+    pub header_read_timeout_ms: Option<u64>,
 }
 
 /// A link fault imposed from the start (TOML `[[faults]]`): the same shape
@@ -86,6 +116,15 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     max_clock_offset_ms: Option<u64>,
     admin_token_file: Option<PathBuf>,
+    tokens_file: Option<PathBuf>,
+    allow_anonymous: Option<bool>,
+    request_timeout_ms: Option<u64>,
+    concurrency_max: Option<usize>,
+    streams_max: Option<usize>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    connections_max: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
     #[serde(default)]
     faults: Vec<FaultConfig>,
 }
@@ -132,6 +171,12 @@ pub struct Config {
     pub replication: Option<ReplicationConfig>,
     /// Admin bearer token; admin endpoints answer 404 without one.
     pub admin_token: Option<String>,
+    /// Client tokens; with any, every non-public endpoint needs one.
+    pub tokens: Tokens,
+    /// Serve clients without a token even though tokens exist, or beyond loopback without tokens.
+    pub allow_anonymous: bool,
+    /// Timeouts, concurrency, rate and connection limits.
+    pub limits: Limits,
 }
 
 /// Settings that exist only when the node replicates (it has certificates).
@@ -172,6 +217,20 @@ impl Config {
             checkpoint_interval: Duration::from_millis(5000),
             replication: None,
             admin_token: None,
+            tokens: Tokens::new(),
+            allow_anonymous: false,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The HTTP layer's share of the configuration.
+    pub fn web_config(&self) -> WebConfig {
+        WebConfig {
+            body_limit_bytes: self.body_limit_bytes,
+            admin_token: self.admin_token.clone(),
+            tokens: self.tokens.clone(),
+            allow_anonymous: self.allow_anonymous,
+            limits: self.limits.clone(),
         }
     }
 
@@ -185,6 +244,7 @@ impl Config {
                 toml::from_str(&text).map_err(|err| invalid("config", format!("{}: {err}", path.display())))?
             }
         };
+        let limits = resolve_limits(&args_limits(&args), &file)?;
         let region = args.region.or(file.region).unwrap_or_else(|| "local".into());
         if region.is_empty()
             || region.len() > 64
@@ -196,7 +256,7 @@ impl Config {
             ));
         }
         let listen_text = args.listen_http.or(file.listen_http).unwrap_or_else(|| "127.0.0.1:7070".into());
-        let listen_http = listen_text.parse().map_err(|_| {
+        let listen_http: SocketAddr = listen_text.parse().map_err(|_| {
             invalid("listen_http", format!("{listen_text:?} is not an address; use host:port like 127.0.0.1:7070"))
         })?;
         let log_format = match args.log_format.or(file.log_format).as_deref() {
@@ -242,6 +302,27 @@ impl Config {
                 }
             },
         };
+        let mut tokens = Tokens::new();
+        if let Some(path) = args.tokens_file.or(file.tokens_file) {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|err| invalid("tokens_file", format!("cannot read {}: {err}", path.display())))?;
+            tokens
+                .parse_into(&text, &path.display().to_string(), false)
+                .map_err(|err| invalid("tokens_file", err.to_string()))?;
+        }
+        if let Ok(text) = std::env::var("MERIDIAN_TOKENS") {
+            tokens.parse_into(&text, "MERIDIAN_TOKENS", true).map_err(|err| invalid("tokens", err.to_string()))?;
+        }
+        let allow_anonymous = args.allow_anonymous || file.allow_anonymous.unwrap_or(false);
+        // Beyond loopback, an open node is open to everyone who can route to it: say so, and how to fix it.
+        if !listen_http.ip().is_loopback() && tokens.is_empty() && !allow_anonymous {
+            return Err(invalid(
+                "tokens_file",
+                format!(
+                    "listen_http {listen_http} is reachable from other machines and no client tokens are configured, so anyone could read and write every document. Give tokens with --tokens-file FILE (one `token scopes` a line, e.g. `<random 32 characters> read,write`; or MERIDIAN_TOKENS_FILE, MERIDIAN_TOKENS), or pass --allow-anonymous to serve without client authentication"
+                ),
+            ));
+        }
         let peers_text = if args.peers.is_empty() { file.peers.unwrap_or_default() } else { args.peers };
         let certs = args.certs.or(file.certs);
         let replication = match certs {
@@ -324,8 +405,96 @@ impl Config {
             checkpoint_interval: Duration::from_millis(checkpoint_ms),
             replication,
             admin_token,
+            tokens,
+            allow_anonymous,
+            limits,
         })
     }
+}
+
+/// The limit flags, taken out of the arguments before those are consumed.
+fn args_limits(args: &ServeArgs) -> LimitSettings {
+    LimitSettings {
+        request_timeout_ms: args.request_timeout_ms,
+        concurrency_max: args.concurrency_max,
+        streams_max: args.streams_max,
+        rate_limit_per_second: args.rate_limit_per_second,
+        rate_limit_burst: args.rate_limit_burst,
+        connections_max: args.connections_max,
+        header_read_timeout_ms: args.header_read_timeout_ms,
+    }
+}
+
+/// Limit settings from one layer (flags and environment).
+struct LimitSettings {
+    request_timeout_ms: Option<u64>,
+    concurrency_max: Option<usize>,
+    streams_max: Option<usize>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    connections_max: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+}
+
+/// Merges the limit flags over the file over the defaults, checking each range.
+fn resolve_limits(args: &LimitSettings, file: &FileConfig) -> Result<Limits, ConfigError> {
+    use meridian_web::limits as defaults;
+    fn within<T: PartialOrd + std::fmt::Display + Copy>(
+        field: &'static str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError> {
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(invalid(field, format!("{value} is out of range; use {} to {}", range.start(), range.end())))
+        }
+    }
+    let request_timeout_ms = within(
+        "request_timeout_ms",
+        args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(defaults::REQUEST_TIMEOUT_MS_DEFAULT),
+        100..=600_000,
+    )?;
+    let concurrency_max = within(
+        "concurrency_max",
+        args.concurrency_max.or(file.concurrency_max).unwrap_or(defaults::CONCURRENCY_MAX_DEFAULT),
+        1..=100_000,
+    )?;
+    let streams_max = within(
+        "streams_max",
+        args.streams_max.or(file.streams_max).unwrap_or(defaults::STREAMS_MAX_DEFAULT),
+        0..=100_000,
+    )?;
+    let rate_limit_per_second = within(
+        "rate_limit_per_second",
+        args.rate_limit_per_second.or(file.rate_limit_per_second).unwrap_or(defaults::RATE_LIMIT_PER_SECOND_DEFAULT),
+        0..=1_000_000,
+    )?;
+    // Twice the rate unless said otherwise: a client may catch up after a pause of two seconds.
+    let rate_limit_burst = within(
+        "rate_limit_burst",
+        args.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(rate_limit_per_second.saturating_mul(2).max(1)),
+        1..=10_000_000,
+    )?;
+    let connections_max = within(
+        "connections_max",
+        args.connections_max.or(file.connections_max).unwrap_or(defaults::CONNECTIONS_MAX_DEFAULT),
+        1..=1_000_000,
+    )?;
+    let header_read_timeout_ms = within(
+        "header_read_timeout_ms",
+        args.header_read_timeout_ms.or(file.header_read_timeout_ms).unwrap_or(defaults::HEADER_READ_TIMEOUT_MS_DEFAULT),
+        100..=600_000,
+    )?;
+    Ok(Limits {
+        request_timeout: Duration::from_millis(request_timeout_ms),
+        concurrency_max,
+        streams_max,
+        rate_limit_per_second,
+        rate_limit_burst,
+        connections_max,
+        header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+    })
 }
 
 /// Resolves `host:port` (a name or an IP) to one socket address.
