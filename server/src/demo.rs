@@ -363,6 +363,11 @@ impl Supervisor {
             .arg(self.dir.join("certs"))
             .arg("--admin-token-file")
             .arg(self.dir.join("admin.token"))
+            // Tokens are checked when presented; clients without one still get in, so the
+            // dashboard and the examples work with or without them.
+            .arg("--tokens-file")
+            .arg(self.dir.join("tokens"))
+            .arg("--allow-anonymous")
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -580,6 +585,7 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
             token
         }
     };
+    let client_tokens = ensure_client_tokens(&dir.join("tokens"))?;
     let control_port = args.base_port.checked_sub(1).ok_or("--base-port must be at least 1")?;
     let regions: Vec<Region> = args
         .regions
@@ -640,7 +646,7 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
             return Err(err);
         }
     }
-    print_banner(&state, !args.no_latency);
+    print_banner(&state, !args.no_latency, &client_tokens);
     {
         let supervisor = supervisor.clone();
         std::thread::spawn(move || serve_control(control, supervisor));
@@ -722,7 +728,43 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_banner(state: &DemoState, latency: bool) {
+/// A demo's client tokens: one read-only, one read-write.
+struct ClientTokens {
+    read: String,
+    write: String,
+}
+
+fn random_token() -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| format!("cannot make a token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Reads the demo's tokens file, or makes one (a read token and a write
+/// token) when it is missing or does not hold both.
+fn ensure_client_tokens(path: &Path) -> Result<ClientTokens, String> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let find = |scope: &str| {
+            text.lines().find_map(|line| {
+                let mut words = line.split_whitespace();
+                let token = words.next()?;
+                (words.next() == Some(scope) && token.len() >= 16).then(|| token.to_string())
+            })
+        };
+        if let (Some(read), Some(write)) = (find("read"), find("read,write")) {
+            return Ok(ClientTokens { read, write });
+        }
+    }
+    let tokens = ClientTokens { read: random_token()?, write: random_token()? };
+    let text = format!(
+        "# Client tokens of this demo: `token scopes` (read, write, admin), one a line.\n{} read\n{} read,write\n",
+        tokens.read, tokens.write
+    );
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(tokens)
+}
+
+fn print_banner(state: &DemoState, latency: bool, tokens: &ClientTokens) {
     println!();
     println!(
         "Meridian demo: {} regions{}",
@@ -737,7 +779,10 @@ fn print_banner(state: &DemoState, latency: bool) {
     }
     println!();
     println!("  admin token:  {}", state.admin_token);
-    println!("  client token: none needed (client authentication is not enabled in the demo)");
+    println!("  read token:   {}", tokens.read);
+    println!("  write token:  {}", tokens.write);
+    println!("                (a wrong token gets 401 and a read token writing 403; requests without a token");
+    println!("                 are let in too here, via --allow-anonymous, so the dashboard needs none)");
     if latency && state.regions.len() > 1 {
         println!("  one-way delays:");
         for (i, a) in state.regions.iter().enumerate() {
@@ -757,11 +802,11 @@ fn print_banner(state: &DemoState, latency: bool) {
     println!("Try:");
     println!("  # write in {}", first.name);
     println!(
-        "  curl -s -X PUT http://{}/v1/docs/hello -H 'content-type: application/json' -d '{{\"from\":\"{}\"}}'",
-        first.http, first.name
+        "  curl -s -X PUT http://{}/v1/docs/hello -H 'authorization: Bearer {}' -H 'content-type: application/json' -d '{{\"from\":\"{}\"}}'",
+        first.http, tokens.write, first.name
     );
     println!("  # read in {}: right after the write it may not be there yet (404); the Meridian-Staleness headers say how stale the answer is", last.name);
-    println!("  curl -si http://{}/v1/docs/hello", last.http);
+    println!("  curl -si http://{}/v1/docs/hello -H 'authorization: Bearer {}'", last.http, tokens.read);
     println!("  # read there with the write's token: waits until the write has arrived");
     println!("  curl -si \"http://{}/v1/docs/hello?after=$(curl -s -X PUT http://{}/v1/docs/hello -H 'content-type: application/json' -d '{{\"n\":2}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')\"", last.http, first.http);
     println!();
