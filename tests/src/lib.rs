@@ -14,7 +14,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use meridian_server::{Config, NodeRuntime};
-use meridian_web::{router, WebConfig};
+use meridian_web::router;
 use tower::ServiceExt;
 
 /// A directory under the system temp dir, removed when dropped.
@@ -75,12 +75,16 @@ pub struct InProcessNode {
 impl InProcessNode {
     /// Opens (or reopens) a node on `dir`.
     pub fn open(dir: &Path) -> InProcessNode {
-        let config = Config::for_tests(dir);
+        InProcessNode::open_with(dir, |_| {})
+    }
+
+    /// Opens a node on `dir` after `configure` adjusts the test configuration
+    /// (tokens, limits, admin token).
+    pub fn open_with(dir: &Path, configure: impl FnOnce(&mut Config)) -> InProcessNode {
+        let mut config = Config::for_tests(dir);
+        configure(&mut config);
         let runtime = Arc::new(NodeRuntime::open(&config).expect("open node"));
-        let router = router(
-            runtime.clone(),
-            WebConfig { body_limit_bytes: config.body_limit_bytes, admin_token: config.admin_token.clone() },
-        );
+        let router = router(runtime.clone(), config.web_config());
         InProcessNode { runtime, router, config }
     }
 
