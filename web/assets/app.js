@@ -126,14 +126,20 @@ $('admin-form').addEventListener('submit', async (event) => {
   event.preventDefault();
   const token = $('admin-token').value.trim();
   if (!token) return;
-  const problem = await checkToken(token).catch((err) => err.message);
-  if (problem) {
-    say(`Admin token refused: ${problem}`, true);
+  const checked = await checkToken(token).catch((err) => ({ problem: err.message }));
+  if (checked.problem) {
+    say(`Token refused: ${checked.problem}`, true);
     return;
   }
-  setAdminToken(token);
+  setAdminToken(token, checked.admin);
   $('admin-token').value = '';
-  say('Admin controls on for this browser session.');
+  // Streams opened without a token were refused for good: start over with it.
+  if (model.needsToken) {
+    location.reload();
+    return;
+  }
+  say(checked.admin ? 'Admin controls on for this browser session.'
+    : 'Token accepted for reads; the controls need a token with the admin scope.');
   $('controls').dataset.shape = '';
   dirty = true;
 });
@@ -177,4 +183,8 @@ setInterval(() => {
   }
 }, 250);
 
-model.start().catch((err) => say(`Cannot reach this node: ${err.message}`, true));
+model.start()
+  .then(() => {
+    if (model.needsToken) say('This node needs a token to read: enter one above (the read scope is enough to watch).', true);
+  })
+  .catch((err) => say(`Cannot reach this node: ${err.message}`, true));

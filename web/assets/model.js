@@ -4,7 +4,7 @@
 // derived from them: the region list, the convergence matrix, link health
 // and per-region rates with a few minutes of history.
 
-import { hlcMs } from './util.js';
+import { hlcMs, withToken, authHeaders } from './util.js';
 
 /** A region's status older than this counts as unreachable. */
 export const FRESH_MS = 3000;
@@ -26,7 +26,7 @@ class Source {
 
   connect() {
     // EventSource reconnects by itself after an error; `at` tells us how old our data is meanwhile.
-    this.stream = new EventSource(`${this.url}/v1/cluster/stream?interval_ms=500`);
+    this.stream = new EventSource(withToken(`${this.url}/v1/cluster/stream?interval_ms=500`));
     this.stream.addEventListener('cluster', (event) => {
       try {
         this.cluster = JSON.parse(event.data);
@@ -57,6 +57,9 @@ export class Model {
 
   async start() {
     const config = await fetch('/v1/dashboard').then((r) => r.json());
+    // A node with client authentication on answers reads only with a token: say so rather than stay blank.
+    const probe = await fetch('/v1/cluster', { headers: authHeaders(), cache: 'no-store' }).catch(() => null);
+    this.needsToken = probe?.status === 401;
     this.local = config.region;
     this.addSource(config.region, '');
     for (const { region, url } of config.regions) this.addSource(region, url);

@@ -1,9 +1,8 @@
 // The interactive panels: write propagation (from the event feed and write
 // receipts), the document inspector, and the admin controls.
 
-import { el, replace, fmtMs, clock, hlcMs } from './util.js';
+import { el, replace, fmtMs, clock, hlcMs, TOKEN_KEY, TOKEN_SCOPE_KEY, authHeaders, withToken } from './util.js';
 
-const TOKEN_KEY = 'meridian.adminToken';
 /** Writes shown in the propagation panel. */
 const PROPAGATION_ROWS = 8;
 /** A write is tracked this long at most, then regions that never reported show a dash. */
@@ -25,7 +24,7 @@ export class Propagation {
     this.render = render;
     this.writes = [];
     this.lastTracked = 0;
-    const feed = new EventSource('/v1/events');
+    const feed = new EventSource(withToken('/v1/events'));
     feed.addEventListener('change', (event) => this.onChange(JSON.parse(event.data)));
     setInterval(() => this.poll(), 300);
   }
@@ -101,7 +100,7 @@ export class Propagation {
 
 async function fetchReceipt(url, token) {
   try {
-    const reply = await fetch(`${url}/v1/writes/${encodeURIComponent(token)}`, { cache: 'no-store' });
+    const reply = await fetch(`${url}/v1/writes/${encodeURIComponent(token)}`, { cache: 'no-store', headers: authHeaders() });
     return reply.ok ? await reply.json() : null;
   } catch {
     return null;
@@ -129,7 +128,7 @@ export async function inspect(container, model, id) {
   const reads = await Promise.all(regions.map(async (region) => {
     const url = model.sources.get(region).url;
     try {
-      const reply = await fetch(`${url}${docPath}`, { cache: 'no-store' });
+      const reply = await fetch(`${url}${docPath}`, { cache: 'no-store', headers: authHeaders() });
       const body = await reply.json().catch(() => null);
       return { region, status: reply.status, body, staleness: reply.headers.get('meridian-staleness-ms'), etag: reply.headers.get('etag') };
     } catch (err) {
@@ -146,7 +145,7 @@ export async function inspect(container, model, id) {
     read.status === 200 ? el('dl', { class: 'doc-lines' }, paths.map((p) => el('div', { class: differs.has(p) ? 'diff' : '' },
       el('dt', {}, p), el('dd', {}, flats[i].has(p) ? flats[i].get(p) : '(missing)')))) : null));
   const [conflicts, history] = await Promise.all(['conflicts', 'history'].map((sub) =>
-    fetch(`${docPath}/${sub}`).then((r) => (r.ok ? r.json() : null)).catch(() => null)));
+    fetch(`${docPath}/${sub}`, { headers: authHeaders() }).then((r) => (r.ok ? r.json() : null)).catch(() => null)));
   const summary = differs.size
     ? el('p', { class: 'doc-summary differs' }, `${differs.size} path${differs.size === 1 ? '' : 's'} differ between regions (highlighted)`)
     : el('p', { class: 'doc-summary' }, 'Identical at every region that answered');
@@ -159,21 +158,34 @@ export async function inspect(container, model, id) {
 
 // ---- Admin controls -----------------------------------------------------
 
+/** The entered token if it has the admin scope (the controls need it), else null. */
 export function adminToken() {
-  return sessionStorage.getItem(TOKEN_KEY);
+  return sessionStorage.getItem(TOKEN_SCOPE_KEY) === 'read' ? null : sessionStorage.getItem(TOKEN_KEY);
 }
 
-export function setAdminToken(token) {
-  if (token) sessionStorage.setItem(TOKEN_KEY, token);
-  else sessionStorage.removeItem(TOKEN_KEY);
+/** Remembers a token for this session; `admin` says whether it opens the controls. */
+export function setAdminToken(token, admin = true) {
+  if (token) {
+    sessionStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.setItem(TOKEN_SCOPE_KEY, admin ? 'admin' : 'read');
+  } else {
+    sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(TOKEN_SCOPE_KEY);
+  }
 }
 
-/** Checks a token against this node's admin API. */
+/**
+ * Checks a token: {admin: true} if this node's admin API takes it, {admin:
+ * false} if it only reads (a read or write token), or {problem} if refused.
+ */
 export async function checkToken(token) {
-  const reply = await fetch('/v1/admin/faults', { headers: { authorization: `Bearer ${token}` } });
-  if (reply.ok) return null;
-  const body = await reply.json().catch(() => ({}));
-  return body.detail || `HTTP ${reply.status}`;
+  const headers = { authorization: `Bearer ${token}` };
+  const reply = await fetch('/v1/admin/faults', { headers });
+  if (reply.ok) return { admin: true };
+  const read = await fetch('/v1/cluster', { headers, cache: 'no-store' });
+  if (read.ok) return { admin: false };
+  const body = await read.json().catch(() => ({}));
+  return { problem: body.detail || `HTTP ${read.status}` };
 }
 
 async function admin(url, method, path, body) {

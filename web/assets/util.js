@@ -3,6 +3,32 @@
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
+// ---- The token the user entered (admin, or one with read scope) ----------
+// Kept for the browser session only. When the node requires tokens every
+// read sends it too: as a header where fetch can set one, and as the
+// access_token query parameter for EventSource, which cannot.
+
+export const TOKEN_KEY = 'meridian.adminToken';
+export const TOKEN_SCOPE_KEY = 'meridian.tokenScope';
+
+/** The token entered on this page, whatever its scope, or null. */
+export function storedToken() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+/** Headers for a read: the token, if one was entered. */
+export function authHeaders() {
+  const token = storedToken();
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
+/** A stream URL carrying the token, if one was entered (EventSource cannot set headers). */
+export function withToken(url) {
+  const token = storedToken();
+  if (!token) return url;
+  return `${url}${url.includes('?') ? '&' : '?'}access_token=${encodeURIComponent(token)}`;
+}
+
 /** Creates an HTML element: el('div', {class: 'x'}, child, 'text'). */
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
