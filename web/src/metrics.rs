@@ -111,10 +111,26 @@ impl HttpMetrics {
 pub async fn track(State(metrics): State<Arc<HttpMetrics>>, request: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method()).to_string();
     let response = next.run(request).await;
     metrics.histogram(&route, &method, response.status().as_u16()).observe(start.elapsed());
     response
+}
+
+/// The method as a label value. Clients can send any token as a method, and
+/// each would otherwise become a new series; unknown ones share `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +149,12 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"0.005\"} 2"));
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3"));
         assert!(out.contains("x_count{a=\"b\"} 3"));
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        let made_up = axum::http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&made_up), "other");
+        assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
     }
 }
