@@ -152,7 +152,7 @@ impl SimConfig {
             other => format!("MERIDIAN_SIM_VARIANT={other:?} "),
         };
         format!(
-            "{variant}MERIDIAN_SIM_SEED={} cargo test -p meridian-tests --test simulation -- --nocapture",
+            "{variant}MERIDIAN_SIM_SEED={} cargo test -p meridian-tests --test simulation seeds -- --nocapture",
             self.seed
         )
     }
