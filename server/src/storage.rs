@@ -203,7 +203,8 @@ fn unseal<'a>(path: &Path, what: &dyn Fn() -> String, bytes: &'a [u8]) -> Result
     Ok(payload)
 }
 
-fn encode_vv(vv: &VersionVector) -> Vec<u8> {
+/// A version vector as stored (also the encoding inside backup files).
+pub(crate) fn encode_vv(vv: &VersionVector) -> Vec<u8> {
     let mut out = Vec::new();
     for origin in vv.origins() {
         for range in vv.ranges(origin) {
@@ -215,7 +216,8 @@ fn encode_vv(vv: &VersionVector) -> Vec<u8> {
     out
 }
 
-fn decode_vv(mut bytes: &[u8]) -> Option<VersionVector> {
+/// Decodes [`encode_vv`]; `None` if the bytes are not a vector.
+pub(crate) fn decode_vv(mut bytes: &[u8]) -> Option<VersionVector> {
     let mut vv = VersionVector::new();
     while !bytes.is_empty() {
         let origin = NodeId(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?));
@@ -405,6 +407,38 @@ impl Store {
                     meta.insert("hlc_high", seal(&hlc.to_bytes()).as_slice()).map_err(|e| self.io(e))?;
                 }
             }
+        }
+        tx.commit().map_err(|e| self.io(e))
+    }
+
+    /// Fills a freshly created store from a backup, in one durable commit:
+    /// the documents as snapshots, `covered` as the checkpoint vector they
+    /// cover, and `hlc_high` so the clock starts above every change held.
+    /// Refuses a store that already holds documents, a checkpoint or log
+    /// records: restoring over state would mix two histories.
+    pub fn install_backup(
+        &self,
+        documents: &[(DocId, Vec<u8>)],
+        covered: &VersionVector,
+        hlc_high: Hlc,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
+        {
+            let mut docs = tx.open_table(DOCS).map_err(|e| self.io(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
+            let log = tx.open_table(LOG).map_err(|e| self.io(e))?;
+            let holds_state = docs.first().map_err(|e| self.io(e))?.is_some()
+                || log.first().map_err(|e| self.io(e))?.is_some()
+                || meta.get("checkpoint").map_err(|e| self.io(e))?.is_some();
+            if holds_state {
+                return Err(self.io("the store already holds data; a backup is restored only into a new store"));
+            }
+            for (id, bytes) in documents {
+                docs.insert(id.as_str(), seal(bytes).as_slice()).map_err(|e| self.io(e))?;
+            }
+            meta.insert("checkpoint", seal(&encode_vv(covered)).as_slice()).map_err(|e| self.io(e))?;
+            meta.insert("hlc_high", seal(&hlc_high.to_bytes()).as_slice()).map_err(|e| self.io(e))?;
         }
         tx.commit().map_err(|e| self.io(e))
     }
