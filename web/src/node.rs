@@ -208,4 +208,12 @@ pub trait Node: Send + Sync + 'static {
     /// Removes a member (named by node id or region) from the cluster for
     /// good: it leaves membership, log truncation and safe time, and may not rejoin.
     fn decommission(&self, member: &str) -> Result<Json, NodeError>;
+
+    /// A consistent backup of every document and the changes they cover,
+    /// encoded as a backup file (the server owns the format). Holds no local
+    /// change that is not durable. Nodes without storage of their own (test
+    /// doubles) need not take backups: by default the endpoint is off (404).
+    fn backup(&self) -> impl Future<Output = Result<Vec<u8>, NodeError>> + Send {
+        std::future::ready(Err(NodeError::Off("this node does not take backups".into())))
+    }
 }
