@@ -315,7 +315,7 @@ impl Config {
         }
         let allow_anonymous = args.allow_anonymous || file.allow_anonymous.unwrap_or(false);
         // Beyond loopback, an open node is open to everyone who can route to it: say so, and how to fix it.
-        if !listen_http.ip().is_loopback() && tokens.is_empty() && !allow_anonymous {
+        if !listen_http.ip().to_canonical().is_loopback() && tokens.is_empty() && !allow_anonymous {
             return Err(invalid(
                 "tokens_file",
                 format!(
