@@ -208,7 +208,8 @@ struct NodeMetrics {
     checkpoint_latency: Histogram,
     storage_commits: AtomicU64,
     storage_records: AtomicU64,
-    recovery_ms: AtomicU64,
+    /// Microseconds, so the seconds gauge keeps sub-millisecond recoveries distinct from zero.
+    recovery_us: AtomicU64,
     remote_applied: AtomicU64,
     remote_duplicates: AtomicU64,
     remote_dropped: AtomicU64,
@@ -356,7 +357,7 @@ impl NodeRuntime {
             clock_flags: Mutex::new(BTreeMap::new()),
             max_clock_offset,
         });
-        shared.metrics.recovery_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        shared.metrics.recovery_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let (durable_tx, durable_rx) = watch::channel(Durable { local_seq, failed: None });
         let feed_reader = store.feed_reader();
         let (storage_tx, storage_rx) = mpsc::channel();
@@ -1165,13 +1166,21 @@ impl Node for NodeRuntime {
 /// A per-peer metric: name, type, help, and how to read it off a member.
 type PeerSeries = (&'static str, &'static str, &'static str, fn(&meridian_gossip::MemberStatus) -> f64);
 
+/// This process's resident set size from `/proc/self/status` (Linux only; `None` elsewhere).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// A state-transfer chunk waiting to be installed: documents, and on the last chunk what they cover.
 type TransferChunk = (Vec<(DocId, Vec<u8>)>, Option<VersionVector>);
 
 fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     use std::fmt::Write as _;
     let now = Instant::now();
-    let (documents, log_entries, log_bytes, last_seq, members, counters, pending) = {
+    let (documents, log_entries, log_bytes, last_seq, members, counters, pending, freshness) = {
         let core = lock(&runtime.shared);
         (
             core.replica.live_count(),
@@ -1181,6 +1190,7 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
             core.gossip.as_ref().map(|g| g.members(now)).unwrap_or_default(),
             core.gossip.as_ref().map(|g| g.counters().clone()).unwrap_or_default(),
             core.replica.pending_count(),
+            core.gossip.as_ref().map(|g| safe_time(g, &core.replica, now, wall_ns())),
         )
     };
     let durable = runtime.durable.borrow().clone();
@@ -1191,7 +1201,7 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let handshakes_refused = runtime.driver.get().map_or(0, |d| load(&d.stats.handshakes_refused));
     // Every scalar series: name, type, help, value. One table, one loop.
-    let series: [(&str, &str, &str, u64); 19] = [
+    let series: [(&str, &str, &str, u64); 18] = [
         ("meridian_documents", "gauge", "Documents that currently exist on this node.", documents as u64),
         ("meridian_log_entries", "gauge", "Change records held in the log.", log_entries as u64),
         ("meridian_log_bytes", "gauge", "Automerge change bytes held in the log.", log_bytes as u64),
@@ -1210,12 +1220,6 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
             load(&m.storage_commits),
         ),
         ("meridian_storage_records_total", "counter", "Change records committed to storage.", load(&m.storage_records)),
-        (
-            "meridian_recovery_milliseconds",
-            "gauge",
-            "Time the last start spent recovering from storage.",
-            load(&m.recovery_ms),
-        ),
         (
             "meridian_remote_changes_applied_total",
             "counter",
@@ -1281,6 +1285,37 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
         header(out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
+    header(out, "meridian_recovery_duration_seconds", "gauge", "Time the last start spent recovering from storage.");
+    let _ = writeln!(out, "meridian_recovery_duration_seconds {}", load(&m.recovery_us) as f64 / 1e6);
+    // The same figure reads report as staleness_ms; without replication there is nothing to wait for, so 0.
+    header(
+        out,
+        "meridian_staleness_seconds",
+        "gauge",
+        "How stale an unconstrained read here is now: local time minus safe time.",
+    );
+    let staleness_ms = freshness.as_ref().map_or(0, |f| f.staleness_ms);
+    let _ = writeln!(out, "meridian_staleness_seconds {}", staleness_ms as f64 / 1000.0);
+    header(
+        out,
+        "meridian_peer_staleness_seconds",
+        "gauge",
+        "Local time minus the newest closed timestamp of the peer whose changes are all applied here.",
+    );
+    for origin in freshness.iter().flat_map(|f| &f.origins) {
+        let _ = writeln!(
+            out,
+            "meridian_peer_staleness_seconds{{peer_region=\"{}\",peer=\"{}\"}} {}",
+            escape_label(&origin.region),
+            origin.node,
+            origin.staleness_ms as f64 / 1000.0
+        );
+    }
+    if let Some(rss) = resident_memory_bytes() {
+        // The client libraries' standard name (no meridian_ prefix), so stock process dashboards find it.
+        header(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        let _ = writeln!(out, "process_resident_memory_bytes {rss}");
+    }
     let paths =
         runtime.driver.get().map(|d| d.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
     let flags = runtime.shared.clock_flags.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -1312,6 +1347,21 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
                 escape_label(&member.info.region),
                 member.info.node,
                 value(member)
+            );
+        }
+    }
+    // One series per state, so a state change is a value change, not a new series.
+    header(out, "meridian_peer_state", "gauge", "1 for the peer's current membership state, 0 for the others.");
+    for member in &members {
+        use meridian_gossip::PeerState::{Alive, Down, Suspect, Unknown};
+        for state in [Unknown, Alive, Suspect, Down] {
+            let _ = writeln!(
+                out,
+                "meridian_peer_state{{peer_region=\"{}\",peer=\"{}\",state=\"{}\"}} {}",
+                escape_label(&member.info.region),
+                member.info.node,
+                state.as_str(),
+                u8::from(member.state == state)
             );
         }
     }
