@@ -915,7 +915,10 @@ fn take_backup(args: BackupArgs) -> Result<(), CliError> {
     }
     // Verify before keeping: a download cut short or damaged is never left looking like a backup.
     let backup = backup::decode(&args.out, &response.body)?;
-    let partial = args.out.with_extension("partial");
+    // Beside the target (same filesystem, so the rename is atomic), unique per process.
+    let mut partial_name = args.out.file_name().unwrap_or_default().to_os_string();
+    partial_name.push(format!(".partial-{}", std::process::id()));
+    let partial = args.out.with_file_name(partial_name);
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create_new(&partial)?;
         file.write_all(&response.body)?;
