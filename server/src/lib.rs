@@ -1,7 +1,9 @@
 //! The `meridian` binary's library: configuration, storage, the node runtime
 //! and the serve loop. `main.rs` only parses the command line and calls in.
 
+pub mod backup;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod http_client;
@@ -11,7 +13,7 @@ pub mod storage;
 use std::future::Future;
 use std::sync::Arc;
 
-use meridian_web::{router, WebConfig};
+use meridian_web::router;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, LogFormat, ServeArgs};
@@ -42,22 +44,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let handle = Arc::new(NodeHandle::default());
-    let app = router(
-        handle.clone(),
-        WebConfig { body_limit_bytes: config.body_limit_bytes, admin_token: config.admin_token.clone() },
-    );
+    let app = router(handle.clone(), config.web_config());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = handle.clone();
+    let limits = config.limits.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = stop_rx => {}
-                }
-                stopping.set_stopping();
-            })
-            .await
+        // Not axum::serve: limits::serve bounds connections and how long a client may take to send headers.
+        meridian_web::limits::serve(listener, app, &limits, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop_rx => {}
+            }
+            stopping.set_stopping();
+        })
+        .await
     });
     let recovery_config = config.clone();
     let recovered = tokio::task::spawn_blocking(move || NodeRuntime::open(&recovery_config))

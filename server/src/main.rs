@@ -31,6 +31,8 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    #[command(flatten)]
+    Client(meridian_server::cli::ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -153,6 +155,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Certs { command } => run_certs(command),
+        Command::Client(command) => meridian_server::cli::run(command),
         Command::Health { url } => {
             let rest = url.trim_start_matches("http://");
             let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));

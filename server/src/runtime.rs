@@ -984,6 +984,61 @@ impl NodeRuntime {
     }
 }
 
+/// Backups (format and restore in `crate::backup`).
+impl NodeRuntime {
+    /// A consistent snapshot of this node, as `crate::backup` writes it.
+    ///
+    /// The applied vector is read first, then each document is saved in its
+    /// own lock hold (so writers stall for one document at most): documents
+    /// only grow, so each holds at least its changes in the vector, exactly
+    /// as a checkpoint's snapshots do. Documents may also hold later changes,
+    /// which a restored node receives again from peers as duplicates.
+    ///
+    /// Local changes applied but not yet durable may be in the vector or in
+    /// a saved document; a crash could take them back and reuse their
+    /// sequence numbers. So, like a read, the backup is answered only once
+    /// every local change up to the last sequence number issued by the end
+    /// of the snapshot is durable (or fails with the storage error). Remote
+    /// changes need no wait: their origin made them durable before sending.
+    pub async fn backup_snapshot(&self) -> Result<crate::backup::Backup, NodeError> {
+        /// Document ids fetched per lock hold while listing.
+        const IDS_PER_HOLD: usize = 1024;
+        if let Some(err) = self.unavailable() {
+            return Err(err);
+        }
+        let covered = lock(&self.shared).replica.applied_version_vector().clone();
+        let mut documents = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let ids = lock(&self.shared).replica.all_doc_ids(after.as_deref(), IDS_PER_HOLD);
+            let Some(last) = ids.last() else { break };
+            after = Some(last.as_str().to_string());
+            for id in ids {
+                let core = lock(&self.shared);
+                if let Some(state) = core.replica.document(&id) {
+                    let save = state.doc.save();
+                    drop(core);
+                    documents.push((id, save));
+                }
+            }
+        }
+        let (last_seq, hlc_high) = {
+            let core = lock(&self.shared);
+            // A clone reads the clock without advancing it; it is at or above every change applied here.
+            let hlc = core.clock.clone().now().map(Hlc::from).unwrap_or_else(|_| Hlc::new(wall_ns(), 0));
+            (core.replica.last_seq(), hlc)
+        };
+        self.wait_durable(last_seq).await?;
+        Ok(crate::backup::Backup {
+            source_node: self.node_id,
+            source_region: self.region.clone(),
+            covered,
+            hlc_high,
+            documents,
+        })
+    }
+}
+
 /// A feed entry as event streams show it.
 fn feed_event(index: u64, entry: &FeedEntry, region: String) -> FeedEvent {
     FeedEvent {
@@ -1105,6 +1160,10 @@ impl Node for NodeRuntime {
 
     fn cluster(&self) -> Result<Json, NodeError> {
         Ok(self.cluster_json())
+    }
+
+    async fn backup(&self) -> Result<Vec<u8>, NodeError> {
+        Ok(crate::backup::encode(&self.backup_snapshot().await?))
     }
 
     fn faults(&self) -> Result<Json, NodeError> {
@@ -2016,5 +2075,9 @@ impl Node for NodeHandle {
 
     fn decommission(&self, member: &str) -> Result<Json, NodeError> {
         self.get()?.decommission(member)
+    }
+
+    async fn backup(&self) -> Result<Vec<u8>, NodeError> {
+        self.get()?.backup().await
     }
 }

@@ -7,10 +7,13 @@
 //! dashboard ([`dashboard`]) is served by the same router, at `/`.
 
 pub mod api;
+pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod router;
 
 pub use error::ApiError;

@@ -31,18 +31,31 @@ pub struct WebConfig {
     pub body_limit_bytes: usize,
     /// Bearer token for `/v1/admin/*`; without one those endpoints answer 404.
     pub admin_token: Option<String>,
+    /// Client tokens; with any, requests need a token with the right scope (see `auth.rs`).
+    pub tokens: crate::auth::Tokens,
+    /// Let requests without a token read and write although tokens exist.
+    pub allow_anonymous: bool,
+    /// Timeouts, concurrency, rate and connection limits (see `limits.rs`).
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { body_limit_bytes: 1 << 20, admin_token: None }
+        WebConfig {
+            body_limit_bytes: 1 << 20,
+            admin_token: None,
+            tokens: crate::auth::Tokens::new(),
+            allow_anonymous: false,
+            limits: crate::limits::Limits::default(),
+        }
     }
 }
 
 struct AppState<N> {
     node: Arc<N>,
     http_metrics: Arc<HttpMetrics>,
-    admin_token: Option<Arc<str>>,
+    auth: Arc<crate::auth::Auth>,
+    guard: Arc<crate::limits::Guard>,
 }
 
 impl<N> Clone for AppState<N> {
@@ -50,7 +63,8 @@ impl<N> Clone for AppState<N> {
         AppState {
             node: self.node.clone(),
             http_metrics: self.http_metrics.clone(),
-            admin_token: self.admin_token.clone(),
+            auth: self.auth.clone(),
+            guard: self.guard.clone(),
         }
     }
 }
@@ -59,25 +73,27 @@ impl<N> Clone for AppState<N> {
 pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
     let http_metrics = Arc::new(HttpMetrics::default());
     let dashboard = crate::dashboard::routes(node.clone(), crate::dashboard::DashboardConfig::from_env());
-    let state = AppState {
-        node,
-        http_metrics: http_metrics.clone(),
-        admin_token: config.admin_token.as_deref().map(Arc::from),
-    };
+    let auth = Arc::new(crate::auth::Auth::new(config.tokens, config.admin_token.as_deref(), config.allow_anonymous));
+    let guard = Arc::new(crate::limits::Guard::new(auth.clone(), config.limits, config.body_limit_bytes));
+    let state = AppState { node, http_metrics: http_metrics.clone(), auth, guard: guard.clone() };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<N>))
         .route("/metrics", get(render_metrics::<N>))
+        .route("/openapi.json", get(openapi))
         .route("/v1/docs", get(list_docs::<N>))
         .route("/v1/cluster", get(cluster::<N>))
         .route("/v1/writes/{token}", get(get_receipt::<N>))
         .route("/v1/events", get(all_events::<N>))
         .route("/v1/admin/faults", get(get_faults::<N>).post(post_fault::<N>).delete(delete_faults::<N>))
         .route("/v1/admin/members/{member}/decommission", post(decommission::<N>))
+        .route("/v1/admin/backup", get(backup::<N>))
         .route("/v1/docs/{*id}", get(get_doc::<N>).put(put_doc::<N>).patch(patch_doc::<N>).delete(delete_doc::<N>))
         .merge(dashboard)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        // Authentication, rate limit, load shedding, timeouts: one stack for every route (limits.rs).
+        .layer(from_fn_with_state(guard, crate::limits::guard))
         .layer(from_fn_with_state(http_metrics, metrics::track))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         // Outermost, so preflight requests are answered before routing refuses OPTIONS.
@@ -101,8 +117,14 @@ async fn readyz<N: Node>(State(state): State<AppState<N>>) -> Response {
 async fn render_metrics<N: Node>(State(state): State<AppState<N>>) -> Response {
     let mut out = String::with_capacity(8192);
     state.http_metrics.render(&mut out);
+    state.guard.render(&mut out);
     state.node.render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+}
+
+async fn openapi() -> Json<JsonValue> {
+    static SPEC: std::sync::OnceLock<JsonValue> = std::sync::OnceLock::new();
+    Json(SPEC.get_or_init(crate::openapi::spec).clone())
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -114,11 +136,17 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
+    let error = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
         format!("{method} is not supported on {}; see the Allow header", uri.path()),
-    )
+    );
+    // The document route is one wildcard, so the router would advertise its
+    // write methods on the read-only views too.
+    match uri.path().strip_prefix("/v1/docs/").map(split_sub_resource) {
+        Some((_, Some(_))) => error.with_header(header::ALLOW, "GET, HEAD"),
+        _ => error,
+    }
 }
 
 fn doc_id(path: Result<Path<String>, PathRejection>) -> Result<DocId, ApiError> {
@@ -216,13 +244,17 @@ fn split_sub_resource(raw: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Refuses ids a client could write but never read back.
+/// Refuses writes to a sub-resource path (`.../conflicts`, `/history`,
+/// `/events`): those are read-only views, so 405 with `Allow`, which also
+/// means no document id can end in them (it could never be read back).
 fn writable_id(id: &DocId) -> Result<(), ApiError> {
     if let (_, Some(sub)) = split_sub_resource(id.as_str()) {
-        return Err(ApiError::bad_request(
-            "bad-id",
-            format!("document ids may not end in /{sub}: that path reads a document's {sub}"),
-        ));
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("/{sub} is a read-only view of a document (GET only), so document ids may not end in /{sub}"),
+        )
+        .with_header(header::ALLOW, "GET, HEAD"));
     }
     Ok(())
 }
@@ -405,7 +437,18 @@ async fn patch_doc<N: Node>(
     let kind = media_type(&headers);
     let if_match = header_text(&headers, header::IF_MATCH)?;
     let op = match kind.as_deref() {
-        Some("application/merge-patch+json") => WriteOp::MergePatch(parse_json(&body_bytes(body)?)?),
+        Some("application/merge-patch+json") => {
+            // The body is judged before If-Match (RFC 9110 13.2.2): a bad patch is 422, never 412.
+            let patch = parse_json(&body_bytes(body)?)?;
+            if !patch.is_object() {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "not-an-object",
+                    "a merge patch for a document must be a JSON object (the document itself is always an object)",
+                ));
+            }
+            WriteOp::MergePatch(patch)
+        }
         Some("application/json-patch+json") => {
             let value = parse_json(&body_bytes(body)?)?;
             let ops = parse_patch(&value).map_err(|err| {
@@ -439,6 +482,7 @@ async fn delete_doc<N: Node>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = doc_id(path)?;
+    writable_id(&id)?;
     let if_match = header_text(&headers, header::IF_MATCH)?;
     match state.node.write(id.clone(), WriteOp::Delete, if_match).await {
         Err(crate::NodeError::Write(meridian_crdt::WriteError::NotFound)) => Err(ApiError::doc_not_found(id.as_str())),
@@ -486,38 +530,13 @@ async fn cluster<N: Node>(State(state): State<AppState<N>>) -> Result<Json<JsonV
     Ok(Json(state.node.cluster()?))
 }
 
-/// Checks `Authorization: Bearer <token>` against the admin token. Without a
-/// configured token the admin endpoints do not exist (404), so probing them
+/// Checks `Authorization: Bearer <token>` for the admin scope. The guard
+/// middleware already checked every `/v1/admin/` path; admin handlers check
+/// again so an admin endpoint is protected wherever it is routed. Without an
+/// admin token the admin endpoints do not exist (404), so probing them
 /// reveals nothing.
 fn require_admin<N>(state: &AppState<N>, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.admin_token else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no-route",
-            "admin endpoints are off: start the node with --admin-token-file or MERIDIAN_ADMIN_TOKEN",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong")
-            .with_header(header::WWW_AUTHENTICATE, "Bearer")),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "admin endpoints need Authorization: Bearer <admin token>",
-        )
-        .with_header(header::WWW_AUTHENTICATE, "Bearer")),
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    Ok(state.auth.require(headers, crate::auth::Scope::Admin)?)
 }
 
 async fn get_faults<N: Node>(
@@ -567,6 +586,22 @@ async fn decommission<N: Node>(
 ) -> Result<Json<JsonValue>, ApiError> {
     require_admin(&state, &headers)?;
     Ok(Json(state.node.decommission(&member)?))
+}
+
+/// A consistent snapshot of the node as a backup file (`meridian backup`
+/// writes it; `meridian restore` reads it). Admin-only: it holds every document.
+async fn backup<N: Node>(State(state): State<AppState<N>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let bytes = state.node.backup().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/vnd.meridian.backup"),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"meridian.backup\""),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// Which events a stream carries.
