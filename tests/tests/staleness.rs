@@ -305,5 +305,6 @@ async fn conflicts_history_and_receipts_tell_the_same_story_everywhere() {
     let reply = client.get(format!("{a}/v1/writes/garbage!")).send().await.unwrap();
     assert_eq!(reply.status(), 400);
     let reply = client.put(format!("{a}/v1/docs/x/history")).json(&json!({})).send().await.unwrap();
-    assert_eq!(reply.status(), 400, "ids ending in /history cannot be written");
+    assert_eq!(reply.status(), 405, "/history is a read-only view, so ids ending in it cannot be written");
+    assert_eq!(reply.headers()["allow"], "GET, HEAD");
 }
