@@ -573,9 +573,7 @@ fn put(args: PutArgs) -> Result<(), CliError> {
     let id = doc_id(&args.id)?;
     let body = read_body(&args.json)?;
     let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(tag) = &args.if_match {
-        headers.push(("If-Match", header_safe(tag, "--if-match")?));
-    }
+    push_if_match(&mut headers, args.if_match.as_deref())?;
     let response = endpoint.call("PUT", &format!("/v1/docs/{id}"), &headers, Some(&body), REQUEST_TIMEOUT)?;
     report_write(response, &id, "replaced");
     Ok(())
@@ -587,9 +585,7 @@ fn patch(args: PatchArgs) -> Result<(), CliError> {
     let body = read_body(&args.json)?;
     let kind = if args.json_patch { "application/json-patch+json" } else { "application/merge-patch+json" };
     let mut headers = vec![("Content-Type", kind)];
-    if let Some(tag) = &args.if_match {
-        headers.push(("If-Match", header_safe(tag, "--if-match")?));
-    }
+    push_if_match(&mut headers, args.if_match.as_deref())?;
     let response = endpoint.call("PATCH", &format!("/v1/docs/{id}"), &headers, Some(&body), REQUEST_TIMEOUT)?;
     report_write(response, &id, "patched");
     Ok(())
@@ -599,15 +595,21 @@ fn delete(args: DeleteArgs) -> Result<(), CliError> {
     let endpoint = Endpoint::from_target(&args.target)?;
     let id = doc_id(&args.id)?;
     let mut headers = Vec::new();
-    if let Some(tag) = &args.if_match {
-        headers.push(("If-Match", header_safe(tag, "--if-match")?));
-    }
+    push_if_match(&mut headers, args.if_match.as_deref())?;
     let response = endpoint.call("DELETE", &format!("/v1/docs/{id}"), &headers, None, REQUEST_TIMEOUT)?;
     report_write(response, &id, "deleted");
     Ok(())
 }
 
 /// A header value with nothing that could end the header line.
+/// Adds `If-Match` from `--if-match`, when given (put, patch and delete share it).
+fn push_if_match<'a>(headers: &mut Vec<(&'a str, &'a str)>, tag: Option<&'a str>) -> Result<(), CliError> {
+    if let Some(tag) = tag {
+        headers.push(("If-Match", header_safe(tag, "--if-match")?));
+    }
+    Ok(())
+}
+
 fn header_safe<'a>(value: &'a str, flag: &str) -> Result<&'a str, CliError> {
     if value.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
         Ok(value)
