@@ -915,6 +915,8 @@ impl NodeRuntime {
                 theirs == own_prefixes && m.digest == Some(own_digest)
             });
         let pending = replica.pending_count();
+        // Without replication a node is on its own and always takes writes.
+        let admitted = core.gossip.as_ref().is_none_or(|g| g.admitted());
         let log_entries = replica.log().len();
         let documents = replica.live_count();
         drop(core);
@@ -966,6 +968,7 @@ impl NodeRuntime {
                 "documents": documents,
                 "log_entries": log_entries,
                 "received_not_applied": pending,
+                "admitted": admitted,
                 "replication": self.driver.get().is_some(),
                 "peer_listener": self.peer_addr().map(|a| a.to_string()),
                 "uptime_seconds": self.started.elapsed().as_secs(),

@@ -56,6 +56,17 @@ async fn wait_converged(client: &reqwest::Client, urls: &[String], limit: Durati
     }
 }
 
+/// Waits until every listed node is admitted (takes writes).
+async fn wait_admitted(client: &reqwest::Client, urls: &[String], limit: Duration) {
+    let start = Instant::now();
+    for url in urls {
+        while cluster_status(client, url).await["node"]["admitted"] != true {
+            assert!(start.elapsed() < limit, "{url} not admitted after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 async fn admin(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Value>) -> Value {
     let mut request = client.request(method, format!("{url}/v1/admin/faults")).bearer_auth(ADMIN_TOKEN);
     if let Some(body) = body {
@@ -178,6 +189,8 @@ async fn line_topology_converges() {
     let client = client();
     let all = urls(&cluster, &[0, 1, 2]);
     wait_converged(&client, &all, Duration::from_secs(10)).await;
+    // c joined through b; it takes writes once a knows it too, which needs the a-c link.
+    wait_admitted(&client, &all, Duration::from_secs(10)).await;
     // a and c cannot reach each other in either direction; both reach b.
     admin(&client, reqwest::Method::POST, &all[0], Some(json!({"peer_region": "c", "cut": true}))).await;
     admin(&client, reqwest::Method::POST, &all[2], Some(json!({"peer_region": "a", "cut": true}))).await;
