@@ -114,7 +114,10 @@ impl GossipConfig {
             snapshot_bytes_per_tick: 2 << 20,
             resend_after: Duration::from_secs(2),
             redial_min: Duration::from_millis(100),
-            redial_max: Duration::from_secs(5),
+            // Low enough that a healed partition reconnects within about a
+            // second; a dial to an unreachable peer already lasts the QUIC
+            // idle timeout, so this adds little traffic.
+            redial_max: Duration::from_secs(1),
             transfer_cooldown: Duration::from_secs(2),
             seed: node.0,
             joined: false,
@@ -244,6 +247,8 @@ struct Peer {
     pending: Vec<ChangeRecord>,
     pending_bytes: usize,
     pending_since: Option<Instant>,
+    /// When live changes were last sent to this peer (for the linger rule).
+    last_flush: Option<Instant>,
     catchup: VecDeque<SeqRange>,
     transfer: Option<Transfer>,
     transfer_done_at: Option<Instant>,
@@ -620,9 +625,20 @@ impl Gossip {
         let state = self.inbound.entry(conn).or_default();
         state.node = Some(node);
         state.hello_seen.insert(stream);
+        let addr = hello.me.addr;
         self.learn_member(hello.me, now);
         if let Some(peer) = self.peers.get_mut(&node) {
             peer.last_heard = Some(now);
+        }
+        // The peer just reached us, so the path works again: do not sit out a
+        // redial backoff earned while it was unreachable (after a partition
+        // heals, whichever side dials first brings the other back at once).
+        let min = self.config.redial_min;
+        if let Some(dial) = self.dials.get_mut(&addr) {
+            if dial.conn.is_none() && !dial.dialing && dial.next_attempt > now {
+                dial.next_attempt = now;
+                dial.backoff = min;
+            }
         }
     }
 
@@ -661,6 +677,7 @@ impl Gossip {
                         pending: Vec::new(),
                         pending_bytes: 0,
                         pending_since: None,
+                        last_flush: None,
                         catchup: VecDeque::new(),
                         transfer: None,
                         transfer_done_at: None,
@@ -931,7 +948,11 @@ impl Gossip {
                 continue;
             }
             if peer.pending_since.is_none() && !peer.pending.is_empty() {
-                peer.pending_since = Some(now);
+                // Linger only right after a send: a link that was quiet for a
+                // whole linger sends at once, so light load pays no batching
+                // delay and heavy load still sends at most one batch per linger.
+                let idle = peer.last_flush.is_none_or(|t| now.duration_since(t) >= self.config.linger);
+                peer.pending_since = Some(if idle { now.checked_sub(self.config.linger).unwrap_or(now) } else { now });
             }
         }
         self.flush_live(now, false);
@@ -958,6 +979,7 @@ impl Gossip {
             let records = std::mem::take(&mut peer.pending);
             peer.pending_bytes = 0;
             peer.pending_since = None;
+            peer.last_flush = Some(now);
             for record in &records {
                 peer.sent.insert(record.meta.origin, record.meta.seq);
             }

@@ -29,6 +29,9 @@ use crate::message::FRAME_BYTES_MAX;
 pub const SEND_QUEUE_FRAMES_MAX: usize = 1024;
 /// Events from connection tasks waiting for the driver loop.
 const EVENT_QUEUE_MAX: usize = 4096;
+/// Longest a dial's handshake may take: several round trips of the widest
+/// WAN link; a lost handshake is retried with a new dial instead.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Time inputs for one call into the core, read by the host under its lock.
 #[derive(Clone, Copy, Debug)]
@@ -282,7 +285,13 @@ impl<H: Host> Driver<H> {
             let connecting = self.endpoint.connect(addr, &self.server_name);
             tokio::spawn(async move {
                 let result = match connecting {
-                    Ok(connecting) => connecting.await.map(|c| (conn, c)).map_err(|e| e.to_string()),
+                    // A handshake whose packets were lost (a partition) would otherwise
+                    // wait out QUIC's growing retransmission timers, up to the idle
+                    // timeout; a fresh dial after DIAL_TIMEOUT finds a healed path sooner.
+                    Ok(connecting) => match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
+                        Ok(done) => done.map(|c| (conn, c)).map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("handshake not done within {} ms", DIAL_TIMEOUT.as_millis())),
+                    },
                     Err(err) => Err(err.to_string()),
                 };
                 let _ = events.send(NetEvent::Dialed { addr, result }).await;

@@ -85,6 +85,27 @@ fn partition_then_heal_converges() {
 }
 
 #[test]
+fn a_long_partition_heals_within_two_seconds() {
+    // A minute of failed dials grows the redial backoff to its maximum (5 s);
+    // after the heal, the first side whose dial gets through brings the other back at once.
+    let mut sim = Sim::new(Duration::from_millis(5));
+    let a = sim.add_node("a", &[]);
+    let b = sim.add_node("b", &[a]);
+    sim.run(Duration::from_millis(300));
+    sim.cut(a, b, true);
+    for _ in 0..60 {
+        sim.write(a, "x", increment(1));
+        sim.write(b, "x", increment(10));
+        sim.run(Duration::from_secs(1));
+    }
+    assert!(!sim.converged());
+    sim.cut(a, b, false);
+    let took = sim.run_until_converged(Duration::from_secs(10)).expect("no convergence after heal");
+    assert!(took <= Duration::from_secs(2), "converged {took:?} after the heal");
+    assert_eq!(counter(&sim, b, "x"), 660);
+}
+
+#[test]
 fn a_late_joiner_gets_truncated_history_by_state_transfer() {
     let mut sim = Sim::new(Duration::from_millis(5));
     let a = sim.add_node("a", &[]);
