@@ -83,6 +83,18 @@ pub enum DocumentError {
 pub struct Document {
     doc: Automerge,
     data: ObjId,
+    /// The last rendering for reads, keyed by the heads it was made at:
+    /// equal heads mean equal content, so it can never be stale, whatever
+    /// changed the document in between.
+    rendered: std::sync::Mutex<Option<Rendered>>,
+}
+
+/// A rendering of the document as reads return it.
+#[derive(Debug)]
+struct Rendered {
+    heads: Vec<ChangeHash>,
+    json: Option<Json>,
+    etag: String,
 }
 
 impl Default for Document {
@@ -99,7 +111,7 @@ impl Document {
         let mut tx = doc.transaction();
         let data = tx.put_object(ROOT, DATA_KEY, ObjType::Map).expect("genesis put on an empty document");
         tx.commit_with(CommitOptions::default().with_message(GENESIS_MESSAGE).with_time(0));
-        Document { doc, data }
+        Document { doc, data, rendered: Default::default() }
     }
 
     /// Loads a document saved by [`Document::save`].
@@ -109,7 +121,7 @@ impl Document {
             Ok(Some((AmValue::Object(ObjType::Map), id))) => id,
             _ => return Err(DocumentError::Corrupt("no data map: not a Meridian document".into())),
         };
-        Ok(Document { doc, data })
+        Ok(Document { doc, data, rendered: Default::default() })
     }
 
     /// The compact encoding of the whole document.
@@ -125,6 +137,20 @@ impl Document {
     /// The document as JSON, or `None` if it does not exist.
     pub fn to_json(&self) -> Option<Json> {
         self.exists().then(|| json::read_object(&self.doc, &self.data, ObjType::Map, None))
+    }
+
+    /// [`Document::to_json`] and [`Document::etag`] together, rendered once
+    /// per state: repeated reads of an unchanged document cost a comparison
+    /// of heads instead of a walk through automerge's op set.
+    pub fn rendered(&self) -> (Option<Json>, String) {
+        let heads = self.heads();
+        let mut cache = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cache.as_ref().filter(|r| r.heads == heads) {
+            return (hit.json.clone(), hit.etag.clone());
+        }
+        let (json, etag) = (self.to_json(), self.etag());
+        *cache = Some(Rendered { heads, json: json.clone(), etag: etag.clone() });
+        (json, etag)
     }
 
     /// Current heads, sorted, so equal states give equal lists.
@@ -759,6 +785,24 @@ mod tests {
     fn increment(doc: &mut Document, seq: u64, path: &str, value: i64) -> Result<Vec<Change>, DocumentError> {
         let ops = crate::patch::parse_patch(&json!([{"op": "increment", "path": path, "value": value}])).unwrap();
         doc.json_patch(&ops, &meta(seq))
+    }
+
+    #[test]
+    fn the_read_cache_follows_every_change() {
+        let mut doc = Document::new();
+        assert_eq!(doc.rendered(), (None, doc.etag()));
+        doc.put(json!({"a": 1}).as_object().unwrap(), &meta(1)).unwrap();
+        assert_eq!(doc.rendered(), (Some(json!({"a": 1})), doc.etag()));
+        assert_eq!(doc.rendered(), (Some(json!({"a": 1})), doc.etag()), "a cache hit answers the same");
+        // A change applied from elsewhere (not through a local edit) is seen too.
+        let mut other = Document::load(&doc.save()).unwrap();
+        let changes = other
+            .merge_patch(&json!({"b": 2}), &ChangeMeta { origin: NodeId(2), seq: 1, hlc: Hlc::new(5, 0) })
+            .unwrap();
+        doc.apply_changes(changes).unwrap();
+        assert_eq!(doc.rendered(), (Some(json!({"a": 1, "b": 2})), doc.etag()));
+        doc.delete(&meta(2)).unwrap();
+        assert_eq!(doc.rendered(), (None, doc.etag()));
     }
 
     #[test]

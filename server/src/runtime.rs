@@ -609,7 +609,7 @@ impl NodeRuntime {
                     let digest = meridian_crdt::document::heads_digest(&heads);
                     (state.doc.to_json_at(&heads), format!("\"{}\"", hex(&digest[..12])))
                 }
-                None => (state.doc.to_json(), state.doc.etag()),
+                None => state.doc.rendered(),
             };
             (json, etag, state.last_local_seq, freshness)
         };
