@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// How often dirty documents are snapshotted, in ms [default: 5000]
     #[arg(long, env = "MERIDIAN_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
     pub checkpoint_interval_ms: Option<u64>,
+    /// Memory for the store's page cache, in MiB [default: 64]
+    #[arg(long, env = "MERIDIAN_STORAGE_CACHE_MB", value_name = "MIB")]
+    pub storage_cache_mb: Option<usize>,
     /// Directory with ca.pem and this node's certificate (see `meridian certs`); enables replication
     #[arg(long, env = "MERIDIAN_CERTS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
@@ -107,6 +110,7 @@ struct FileConfig {
     log_format: Option<String>,
     body_limit_bytes: Option<usize>,
     checkpoint_interval_ms: Option<u64>,
+    storage_cache_mb: Option<usize>,
     certs: Option<PathBuf>,
     cert_name: Option<String>,
     listen_peer: Option<String>,
@@ -167,6 +171,8 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// Snapshot interval.
     pub checkpoint_interval: Duration,
+    /// Bytes of memory for the store's page cache.
+    pub storage_cache_bytes: usize,
     /// Replication settings; `None` runs the node alone.
     pub replication: Option<ReplicationConfig>,
     /// Admin bearer token; admin endpoints answer 404 without one.
@@ -203,6 +209,10 @@ pub struct ReplicationConfig {
 }
 
 /// Smallest and largest accepted body limits.
+/// The store's page cache by default. redb's own default is 1 GiB, most of a
+/// node's memory for little gain: reads are served from documents in memory,
+/// and the store is read in bulk only at recovery.
+pub const STORAGE_CACHE_MB_DEFAULT: usize = 64;
 const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
 
 impl Config {
@@ -215,6 +225,7 @@ impl Config {
             log_format: LogFormat::Text,
             body_limit_bytes: 1 << 20,
             checkpoint_interval: Duration::from_millis(5000),
+            storage_cache_bytes: STORAGE_CACHE_MB_DEFAULT << 20,
             replication: None,
             admin_token: None,
             tokens: Tokens::new(),
@@ -279,6 +290,10 @@ impl Config {
                 "checkpoint_interval_ms",
                 format!("{checkpoint_ms} is out of range; use 10 to 3600000"),
             ));
+        }
+        let storage_cache_mb = args.storage_cache_mb.or(file.storage_cache_mb).unwrap_or(STORAGE_CACHE_MB_DEFAULT);
+        if !(1..=65_536).contains(&storage_cache_mb) {
+            return Err(invalid("storage_cache_mb", format!("{storage_cache_mb} is out of range; use 1 to 65536")));
         }
         let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("meridian-data"));
         let admin_token = match std::env::var("MERIDIAN_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
@@ -403,6 +418,7 @@ impl Config {
             log_format,
             body_limit_bytes,
             checkpoint_interval: Duration::from_millis(checkpoint_ms),
+            storage_cache_bytes: storage_cache_mb << 20,
             replication,
             admin_token,
             tokens,

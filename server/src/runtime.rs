@@ -303,7 +303,7 @@ impl NodeRuntime {
     /// Opens storage, recovers every durable change, and starts the storage thread.
     pub fn open(config: &Config) -> Result<NodeRuntime, StorageError> {
         let started = Instant::now();
-        let (store, recovered) = Store::open(&config.data_dir, &config.region)?;
+        let (store, recovered) = Store::open_with_cache(&config.data_dir, &config.region, config.storage_cache_bytes)?;
         let mut replica = Replica::new(recovered.node_id);
         for (id, bytes) in recovered.snapshots {
             let doc = Document::load(&bytes).map_err(|err| StorageError::Corrupt {

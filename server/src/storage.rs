@@ -232,11 +232,17 @@ pub(crate) fn decode_vv(mut bytes: &[u8]) -> Option<VersionVector> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and reads everything recovery needs.
+    /// Opens (or creates) the store in `dir` with the default page cache
+    /// and reads everything recovery needs.
     pub fn open(dir: &Path, region: &str) -> Result<(Store, Recovered), StorageError> {
+        Store::open_with_cache(dir, region, crate::config::STORAGE_CACHE_MB_DEFAULT << 20)
+    }
+
+    /// [`Store::open`] with `cache_bytes` of page cache.
+    pub fn open_with_cache(dir: &Path, region: &str, cache_bytes: usize) -> Result<(Store, Recovered), StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::Dir { path: dir.to_path_buf(), source })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|err| StorageError::Open {
+        let db = Database::builder().set_cache_size(cache_bytes).create(&path).map_err(|err| StorageError::Open {
             path: path.clone(),
             detail: err.to_string().trim_end_matches('.').to_string(),
         })?;
