@@ -1359,13 +1359,20 @@ impl Simulation {
         let held = others
             .iter()
             .any(|&i| self.nodes[i].live.as_ref().is_some_and(|l| l.replica.version_vector().contiguous(id) >= last));
-        if !held || others.is_empty() {
+        // The operator asks a member that knows the victim (others refuse with
+        // `Unknown`, as the admin API does); gossip tells the rest.
+        let knowing: Vec<usize> = others
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].live.as_ref().is_some_and(|l| l.gossip.addr_of(id).is_some()))
+            .collect();
+        if !held || knowing.is_empty() {
             return;
         }
-        // Stop it for good, then tell one member; gossip tells the rest.
+        // Stop it for good, then tell one member.
         self.crash(victim, Duration::from_secs(1_000_000));
         self.nodes[victim].state = NodeState::Decommissioned;
-        let at = *self.rng.pick(&others);
+        let at = *self.rng.pick(&knowing);
         let live = self.nodes[at].live.as_mut().expect("up");
         let recorded = live.gossip.decommission(id, &live.replica).expect("decommission");
         self.stats.faults.push(format!(
