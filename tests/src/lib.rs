@@ -115,9 +115,13 @@ pub fn meridian_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            // Test executables live in target/<profile>/deps; the binary in target/<profile>.
+            // Test executables live in target/<profile>/deps, the bench binary in
+            // target/<profile>; the meridian binary in target/<profile>.
             let exe = std::env::current_exe().expect("current exe");
-            let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+            let mut profile_dir = exe.parent().expect("target/<profile>").to_path_buf();
+            if profile_dir.file_name().is_some_and(|n| n == "deps") {
+                profile_dir = profile_dir.parent().expect("target/<profile>").to_path_buf();
+            }
             let binary = profile_dir.join("meridian");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
@@ -144,6 +148,11 @@ impl NodeProcess {
     /// Starts `meridian serve` on `data_dir` with an ephemeral port and waits
     /// until it is ready. `extra` are additional flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> NodeProcess {
+        NodeProcess::start_within(data_dir, extra, Duration::from_secs(30))
+    }
+
+    /// [`NodeProcess::start`], allowing `ready_within` for recovery (large stores).
+    pub fn start_within(data_dir: &Path, extra: &[&str], ready_within: Duration) -> NodeProcess {
         let mut child = Command::new(meridian_binary())
             .args(["serve", "--listen-http", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
             .arg(data_dir)
@@ -172,7 +181,7 @@ impl NodeProcess {
         });
         let address = rx.recv_timeout(Duration::from_secs(30)).expect("meridian did not report its address");
         let process = NodeProcess { child, url: format!("http://{address}") };
-        process.wait_ready(Duration::from_secs(30));
+        process.wait_ready(ready_within);
         process
     }
 
@@ -190,6 +199,21 @@ impl NodeProcess {
 
     /// Sends SIGKILL (`kill -9`) and reaps the process.
     pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (a graceful stop: the node checkpoints) and waits up to
+    /// `limit` for it to exit, then kills it.
+    pub fn terminate(mut self, limit: Duration) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -233,6 +257,7 @@ mod probe {
     }
 }
 
+pub mod bench;
 pub mod history;
 pub mod sim;
 pub mod simulation;
