@@ -115,8 +115,8 @@ impl GossipConfig {
             resend_after: Duration::from_secs(2),
             redial_min: Duration::from_millis(100),
             // Low enough that a healed partition reconnects within about a
-            // second; a dial to an unreachable peer already lasts the QUIC
-            // idle timeout, so this adds little traffic.
+            // second; a down peer then costs one handshake attempt (given up
+            // after the driver's 1 s timeout) every second or two.
             redial_max: Duration::from_secs(1),
             transfer_cooldown: Duration::from_secs(2),
             seed: node.0,
