@@ -556,6 +556,15 @@ mod tests {
         assert_eq!(err.field, "region");
         let err = Config::resolve(ServeArgs { listen_http: Some("nope".into()), ..ServeArgs::default() }).unwrap_err();
         assert_eq!(err.field, "listen_http");
+        for bad in [0, 65_537] {
+            let err = Config::resolve(ServeArgs { storage_cache_mb: Some(bad), ..ServeArgs::default() }).unwrap_err();
+            assert_eq!(err.field, "storage_cache_mb");
+            assert!(err.to_string().contains("use 1 to 65536"), "{err}");
+        }
+        let path = write_file("cache", "storage_cache_mb = 256\n");
+        let config = Config::resolve(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).unwrap();
+        assert_eq!(config.storage_cache_bytes, 256 << 20);
+        std::fs::remove_file(path).unwrap();
         let path = write_file("unknown", "regoin = \"x\"\n");
         let err = Config::resolve(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).unwrap_err();
         assert!(err.to_string().contains("regoin"), "{err}");

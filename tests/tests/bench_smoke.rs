@@ -44,7 +44,13 @@ fn every_scenario_runs_and_reports_both_sides() {
 
 #[test]
 fn bad_arguments_get_usage_not_a_panic() {
-    for args in [&["nonsense"][..], &["write", "--seconds", "-1"], &["write", "--seconds"], &[]] {
+    for args in [
+        &["nonsense"][..],
+        &["write", "--seconds", "-1"],
+        &["write", "--seconds"],
+        &["read", "--connections", "0.5"],
+        &[],
+    ] {
         let output = Command::new(env!("CARGO_BIN_EXE_bench")).args(args).output().expect("run bench");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");

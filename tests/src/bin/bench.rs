@@ -85,12 +85,18 @@ fn parse(args: &[String]) -> Result<(Vec<String>, Options), String> {
                 .filter(|v| v.is_finite() && *v > 0.0)
                 .ok_or_else(|| format!("{name} must be a positive number, not {text:?}"))
         };
+        let count = |name: &str, text: String| -> Result<usize, String> {
+            text.parse::<usize>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("{name} must be a whole number above 0, not {text:?}"))
+        };
         match arg.as_str() {
             "--seconds" => options.seconds = number("--seconds", value("--seconds")?)?,
-            "--connections" => options.connections = number("--connections", value("--connections")?)? as usize,
+            "--connections" => options.connections = count("--connections", value("--connections")?)?,
             "--partition-secs" => options.partition_secs = number("--partition-secs", value("--partition-secs")?)?,
-            "--history" => options.history = number("--history", value("--history")?)? as usize,
-            "--docs" => options.docs = number("--docs", value("--docs")?)? as usize,
+            "--history" => options.history = count("--history", value("--history")?)?,
+            "--docs" => options.docs = count("--docs", value("--docs")?)?,
             "--out" => options.out = PathBuf::from(value("--out")?),
             "--node-flag" => options.node_flags.push(value("--node-flag")?),
             flag if flag.starts_with("--node-flag=") => {
