@@ -9,9 +9,11 @@
 //! Architecture invariant: this crate does no IO, starts no threads, and never
 //! reads a clock. Every timestamp ([`Hlc`]) is passed in by the caller, so the
 //! same code runs under the real node runtime and under a deterministic
-//! simulation.
+//! simulation. The document cache reads evicted documents back through a
+//! store the caller attaches ([`ColdStore`]); the crate never opens a file.
 
 pub mod base64url;
+pub mod cache;
 pub mod change;
 pub mod document;
 pub mod hlc;
@@ -23,13 +25,14 @@ pub mod replica;
 pub mod token;
 pub mod vv;
 
+pub use cache::{ColdEntry, ColdError, ColdStore};
 pub use change::{ChangeMeta, ChangeRecord, RecordDecodeError};
 pub use document::{Conflict, ConflictValue, Document, DocumentError};
 pub use hlc::{Hlc, HlcParseError};
 pub use ids::{DocId, DocIdError, NodeId, NodeIdParseError};
 pub use log::ChangeLog;
 pub use patch::{PatchOp, PatchParseError, Pointer};
-pub use replica::{ApplyOutcome, Replica, WriteError, WriteOp, WriteReceipt};
+pub use replica::{ApplyOutcome, MergeError, Replica, Saved, SnapshotOf, WriteError, WriteOp, WriteReceipt};
 pub use token::{Token, TokenParseError};
 pub use vv::{SeqRange, VersionVector};
 

@@ -5,12 +5,21 @@
 //! Local writes get the next per-origin sequence number here, in the order
 //! they are applied, so sequence order equals commit order equals HLC order
 //! at the origin (the caller holds one lock around `local_write`).
+//!
+//! **Document cache.** With [`Replica::set_cache`] the replica keeps at most
+//! about `limit` automerge documents in memory; the others are *cold*: only
+//! their [`ColdEntry`] stays, and the document is loaded back from the
+//! caller's [`ColdStore`] on first use. Only a document whose current state
+//! the caller confirmed as persisted ([`Replica::mark_persisted`]) and that
+//! has no held-back change is evicted, so eviction never loses a change.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use automerge::Change;
 use serde_json::{Map, Value as Json};
 
+use crate::cache::{ColdEntry, ColdError, ColdStore};
 use crate::change::{ChangeMeta, ChangeRecord};
 use crate::document::{Document, DocumentError};
 use crate::hlc::Hlc;
@@ -58,6 +67,20 @@ pub enum WriteError {
     /// The document refused the edit.
     #[error(transparent)]
     Document(#[from] DocumentError),
+    /// The document is evicted and could not be loaded back.
+    #[error(transparent)]
+    Cold(#[from] ColdError),
+}
+
+/// Why a state-transfer document was not merged. Nothing changed when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// automerge refused the merge.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    /// Our copy is evicted and could not be loaded back.
+    #[error(transparent)]
+    Cold(#[from] ColdError),
 }
 
 /// What applying a batch of records did.
@@ -69,12 +92,15 @@ pub struct ApplyOutcome {
     pub duplicates: usize,
     /// Records whose bytes did not decode, with the reason.
     pub rejected: Vec<(NodeId, u64, String)>,
+    /// Records left unapplied (not even received) because their document is
+    /// evicted and could not be loaded back; a later delivery retries them.
+    pub unloadable: Vec<(NodeId, u64, ColdError)>,
 }
 
 /// A document's digest term: its id and heads mixed into 32 bytes. Not a
 /// cryptographic hash; it only has to make accidental equality between
 /// different states vanishingly unlikely.
-fn digest_term(id: &DocId, heads: &[automerge::ChangeHash]) -> [u8; 32] {
+pub(crate) fn digest_term(id: &DocId, heads: &[automerge::ChangeHash]) -> [u8; 32] {
     let heads = crate::document::heads_digest(heads);
     let mut out = [0u8; 32];
     for (lane, chunk) in out.chunks_mut(8).enumerate() {
@@ -104,6 +130,61 @@ pub struct DocState {
     digest_term: [u8; 32],
     /// Highest HLC of any change applied to this document.
     pub max_hlc: Hlc,
+    /// Bumped on every change to the document in memory.
+    generation: u64,
+    /// The generation last confirmed persisted; evictable when equal.
+    persisted: Option<u64>,
+    /// Replica tick of the last use, for least-recently-used eviction.
+    last_used: u64,
+}
+
+impl DocState {
+    fn new(doc: Document, max_hlc: Hlc, tick: u64) -> DocState {
+        DocState {
+            doc,
+            last_local_seq: 0,
+            digest_term: [0; 32],
+            max_hlc,
+            generation: 0,
+            persisted: None,
+            last_used: tick,
+        }
+    }
+
+    /// The entry kept once this document is evicted.
+    fn cold_entry(&self) -> ColdEntry {
+        ColdEntry { digest_term: self.digest_term, max_hlc: self.max_hlc, exists: self.doc.exists() }
+    }
+}
+
+/// The caller's store, behind a `Debug` the replica can derive.
+#[derive(Clone)]
+struct Store(Arc<dyn ColdStore>);
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ColdStore")
+    }
+}
+
+/// A document saved for a peer or a backup.
+#[derive(Debug)]
+pub struct Saved {
+    /// `Document::save` bytes.
+    pub bytes: Vec<u8>,
+    /// Highest local sequence number in it (0 for a cold document: it is persisted).
+    pub last_local_seq: u64,
+}
+
+/// A resident document's state for a checkpoint.
+#[derive(Debug)]
+pub struct SnapshotOf {
+    /// `Document::save` bytes.
+    pub bytes: Vec<u8>,
+    /// The row to store next to the snapshot.
+    pub entry: ColdEntry,
+    /// Pass to [`Replica::mark_persisted`] once the snapshot is durable.
+    pub generation: u64,
 }
 
 /// Every document of one node, with its version vector and log.
@@ -123,6 +204,16 @@ pub struct Replica {
     applied: VersionVector,
     /// Records held but not applied: automerge waits for a dependency.
     pending: BTreeMap<(NodeId, u64), (DocId, Vec<automerge::ChangeHash>)>,
+    /// Evicted documents (never also in `docs`).
+    cold: HashMap<DocId, ColdEntry>,
+    /// Where evicted documents come back from; `None`: nothing is evicted.
+    store: Option<Store>,
+    /// Resident documents kept after an eviction pass.
+    cache_limit: usize,
+    /// Counts uses, for least-recently-used eviction.
+    tick: u64,
+    /// Cold documents loaded back, for metrics.
+    cold_loads: u64,
 }
 
 impl Replica {
@@ -139,7 +230,157 @@ impl Replica {
             digest: [0; 32],
             applied: VersionVector::new(),
             pending: BTreeMap::new(),
+            cold: HashMap::new(),
+            store: None,
+            cache_limit: usize::MAX,
+            tick: 0,
+            cold_loads: 0,
         }
+    }
+
+    /// Bounds the documents kept in memory to about `limit` (at least 1);
+    /// evicted ones come back from `store`. Without this nothing is evicted.
+    pub fn set_cache(&mut self, store: Arc<dyn ColdStore>, limit: usize) {
+        self.store = Some(Store(store));
+        self.cache_limit = limit.max(1);
+    }
+
+    /// Registers a document known only by its stored entry (recovery): it
+    /// starts cold and loads from the store on first use.
+    pub fn restore_cold(&mut self, id: DocId, entry: ColdEntry) {
+        self.all_ids.insert(id.as_str().to_string());
+        if entry.exists {
+            self.live_ids.insert(id.as_str().to_string());
+        }
+        for (d, t) in self.digest.iter_mut().zip(entry.digest_term) {
+            *d ^= t;
+        }
+        if let Some(old) = self.docs.remove(&id) {
+            for (d, t) in self.digest.iter_mut().zip(old.digest_term) {
+                *d ^= t;
+            }
+        }
+        if let Some(old) = self.cold.insert(id, entry) {
+            for (d, t) in self.digest.iter_mut().zip(old.digest_term) {
+                *d ^= t;
+            }
+        }
+    }
+
+    /// Loads `id` into memory if it is cold. `Ok(false)`: the replica has never held it.
+    fn make_resident(&mut self, id: &DocId) -> Result<bool, ColdError> {
+        self.tick += 1;
+        if let Some(state) = self.docs.get_mut(id) {
+            state.last_used = self.tick;
+            return Ok(true);
+        }
+        let Some(entry) = self.cold.get(id).copied() else { return Ok(false) };
+        let cold_error = |reason: String| ColdError { id: id.as_str().to_string(), reason };
+        let store = self.store.as_ref().ok_or_else(|| cold_error("no document store is attached".into()))?;
+        let bytes = store.0.load(id).map_err(cold_error)?.ok_or_else(|| cold_error("no snapshot is stored".into()))?;
+        let doc = Document::load(&bytes).map_err(|err| cold_error(err.to_string()))?;
+        // Make room first, so the document just loaded is never the one
+        // evicted. Evicting an eighth below the limit at a time amortises the
+        // pass's sort over many loads.
+        if self.docs.len() >= self.cache_limit {
+            self.evict_to(self.cache_limit.saturating_sub(1 + self.cache_limit / 8));
+        }
+        self.cold.remove(id);
+        let mut state = DocState::new(doc, entry.max_hlc, self.tick);
+        state.persisted = Some(0);
+        state.digest_term = entry.digest_term;
+        self.docs.insert(id.clone(), state);
+        // The stored entry and the snapshot were written together; should they
+        // ever disagree, the digest follows the document actually loaded.
+        self.refresh_digest(id);
+        self.cold_loads += 1;
+        Ok(true)
+    }
+
+    /// A document's state, loading it if it is cold: `Ok(None)` when the
+    /// replica has never held it.
+    pub fn resident(&mut self, id: &DocId) -> Result<Option<&DocState>, ColdError> {
+        if !self.make_resident(id)? {
+            return Ok(None);
+        }
+        Ok(self.docs.get(id))
+    }
+
+    /// A document's saved bytes, without loading a cold one into memory (for
+    /// state transfer and backups, which visit every document once).
+    pub fn saved(&self, id: &DocId) -> Result<Option<Saved>, ColdError> {
+        if let Some(state) = self.docs.get(id) {
+            return Ok(Some(Saved { bytes: state.doc.save(), last_local_seq: state.last_local_seq }));
+        }
+        if !self.cold.contains_key(id) {
+            return Ok(None);
+        }
+        let cold_error = |reason: String| ColdError { id: id.as_str().to_string(), reason };
+        let store = self.store.as_ref().ok_or_else(|| cold_error("no document store is attached".into()))?;
+        let bytes = store.0.load(id).map_err(cold_error)?.ok_or_else(|| cold_error("no snapshot is stored".into()))?;
+        Ok(Some(Saved { bytes, last_local_seq: 0 }))
+    }
+
+    /// A resident document's snapshot for a checkpoint; `None` when it is
+    /// cold (then it is persisted already) or unknown.
+    pub fn snapshot_of(&self, id: &DocId) -> Option<SnapshotOf> {
+        let state = self.docs.get(id)?;
+        Some(SnapshotOf { bytes: state.doc.save(), entry: state.cold_entry(), generation: state.generation })
+    }
+
+    /// Records that the snapshot [`Replica::snapshot_of`] returned with
+    /// `generation` is durable: the document may be evicted if it has not
+    /// changed since.
+    pub fn mark_persisted(&mut self, id: &DocId, generation: u64) {
+        if let Some(state) = self.docs.get_mut(id) {
+            if state.persisted.is_none_or(|p| p < generation) {
+                state.persisted = Some(generation);
+            }
+        }
+    }
+
+    /// Evicts least-recently-used documents that are persisted and hold no
+    /// held-back change until at most the cache limit stay resident (fewer
+    /// go when too few qualify). Returns how many were evicted.
+    pub fn evict_over_limit(&mut self) -> usize {
+        self.evict_to(self.cache_limit)
+    }
+
+    fn evict_to(&mut self, target: usize) -> usize {
+        if self.store.is_none() || self.docs.len() <= target {
+            return 0;
+        }
+        let waiting: HashSet<&DocId> = self.pending.values().map(|(doc, _)| doc).collect();
+        let mut candidates: Vec<(u64, DocId)> = self
+            .docs
+            .iter()
+            .filter(|(id, s)| s.persisted == Some(s.generation) && !waiting.contains(id))
+            .map(|(id, s)| (s.last_used, id.clone()))
+            .collect();
+        let excess = self.docs.len() - target;
+        candidates.sort_unstable_by_key(|(used, _)| *used);
+        candidates.truncate(excess);
+        for (_, id) in &candidates {
+            if let Some(state) = self.docs.remove(id) {
+                self.cold.insert(id.clone(), state.cold_entry());
+            }
+        }
+        candidates.len()
+    }
+
+    /// Documents in memory.
+    pub fn resident_count(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Documents held, existing or deleted, resident or cold.
+    pub fn document_count(&self) -> usize {
+        self.all_ids.len()
+    }
+
+    /// Cold documents loaded back since start.
+    pub fn cold_loads(&self) -> u64 {
+        self.cold_loads
     }
 
     /// This replica's node id (the origin of its local writes).
@@ -162,7 +403,7 @@ impl Replica {
         hlc: Hlc,
         if_match: Option<&str>,
     ) -> Result<WriteReceipt, WriteError> {
-        let new_entry = !self.docs.contains_key(id);
+        let new_entry = !self.make_resident(id)?;
         let result = self.local_write_inner(id, op, hlc, if_match);
         if result.is_err() && new_entry {
             // A refused write must leave nothing behind, not even an empty document.
@@ -207,6 +448,7 @@ impl Replica {
         self.last_seq = meta.seq;
         state.last_local_seq = meta.seq;
         state.max_hlc = meta.hlc;
+        state.generation += 1;
         let etag = state.doc.etag();
         let exists = state.doc.exists();
         let record = ChangeRecord {
@@ -246,9 +488,22 @@ impl Replica {
                 Err(err) => outcome.rejected.push((origin, seq, err.to_string())),
             }
         }
-        let touched: Vec<DocId> = per_doc.keys().cloned().collect();
+        let mut touched: Vec<DocId> = Vec::with_capacity(per_doc.len());
         for (id, changes) in per_doc {
+            if let Err(err) = self.make_resident(&id) {
+                // Not received at all: the vector shows the gap and a later delivery retries.
+                accepted.retain(|(r, _)| {
+                    let keep = r.doc != id;
+                    if !keep {
+                        outcome.unloadable.push((r.meta.origin, r.meta.seq, err.clone()));
+                    }
+                    keep
+                });
+                continue;
+            }
+            touched.push(id.clone());
             let state = Self::doc_entry(&mut self.docs, &mut self.all_ids, &id);
+            state.generation += 1;
             if state.doc.apply_changes(changes).is_err() {
                 // One bad change must not take the good ones with it: retry
                 // this document's records one by one, refusing only those that fail.
@@ -322,20 +577,37 @@ impl Replica {
     }
 
     /// Installs a document loaded from a snapshot (recovery, state transfer).
+    /// It stays resident until [`Replica::mark_persisted`] says it is stored.
     pub fn insert_document(&mut self, id: DocId, doc: Document) {
+        self.tick += 1;
+        if let Some(old) = self.cold.remove(&id) {
+            // Replacing a cold entry: its term leaves the digest (refresh_digest
+            // below only knows the resident term, which starts at zero).
+            for (d, t) in self.digest.iter_mut().zip(old.digest_term) {
+                *d ^= t;
+            }
+        }
         self.all_ids.insert(id.as_str().to_string());
         let exists = doc.exists();
         let max_hlc = doc.max_hlc();
-        self.docs.insert(id.clone(), DocState { doc, last_local_seq: 0, digest_term: [0; 32], max_hlc });
+        let mut state = DocState::new(doc, max_hlc, self.tick);
+        state.generation = 1;
+        if let Some(old) = self.docs.insert(id.clone(), state) {
+            for (d, t) in self.digest.iter_mut().zip(old.digest_term) {
+                *d ^= t;
+            }
+        }
         self.track_existence(&id, exists);
     }
 
     /// Merges a document received by state transfer into ours (automerge
     /// merge: idempotent, order-independent).
-    pub fn merge_document(&mut self, id: DocId, mut other: Document) -> Result<(), DocumentError> {
+    pub fn merge_document(&mut self, id: DocId, mut other: Document) -> Result<(), MergeError> {
+        self.make_resident(&id)?;
         match self.docs.get_mut(&id) {
             Some(state) => {
                 state.max_hlc = state.max_hlc.max(other.max_hlc());
+                state.generation += 1;
                 state.doc.merge(&mut other)?
             }
             None => {
@@ -373,7 +645,8 @@ impl Replica {
         self.last_seq = self.last_seq.max(self.vv.max(self.node));
     }
 
-    /// A document's state, whether or not it currently exists.
+    /// A resident document's state, whether or not it currently exists;
+    /// `None` for a cold document too (see [`Replica::resident`]).
     pub fn document(&self, id: &DocId) -> Option<&DocState> {
         self.docs.get(id)
     }
@@ -430,12 +703,7 @@ impl Replica {
         if !all_ids.contains(id.as_str()) {
             all_ids.insert(id.as_str().to_string());
         }
-        docs.entry(id.clone()).or_insert_with(|| DocState {
-            doc: Document::new(),
-            last_local_seq: 0,
-            digest_term: [0; 32],
-            max_hlc: Hlc::zero(),
-        })
+        docs.entry(id.clone()).or_insert_with(|| DocState::new(Document::new(), Hlc::zero(), 0))
     }
 
     /// Order-independent digest of every document's heads: equal digests

@@ -843,13 +843,23 @@ impl Gossip {
             let mut bytes = 0;
             let mut finished = true;
             for id in replica.all_doc_ids(transfer.after.as_deref(), usize::MAX) {
-                let Some(state) = replica.document(&id) else { continue };
-                if state.last_local_seq > local_durable {
+                // A cold document's bytes come from the node's store without loading it.
+                let saved = match replica.saved(&id) {
+                    Ok(Some(saved)) => saved,
+                    Ok(None) => continue,
+                    Err(err) => {
+                        // Never skip it silently: the peer would believe it holds everything.
+                        tracing::warn!(doc = %id, cause = %err, "state transfer paused: a document does not load");
+                        finished = false;
+                        break;
+                    }
+                };
+                if saved.last_local_seq > local_durable {
                     // Holds a local change not durable yet: wait for it (next tick).
                     finished = false;
                     break;
                 }
-                let saved = state.doc.save();
+                let saved = saved.bytes;
                 if saved.len() + 1024 > crate::message::FRAME_BYTES_MAX {
                     // Cannot travel in one frame; the peer gets its changes from the log instead, if it still holds them.
                     tracing::warn!(doc = %id, bytes = saved.len(), "document too large for a state-transfer frame; skipped");

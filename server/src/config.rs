@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Memory for the store's page cache, in MiB [default: 64]
     #[arg(long, env = "MERIDIAN_STORAGE_CACHE_MB", value_name = "MIB")]
     pub storage_cache_mb: Option<usize>,
+    /// Documents kept in memory; others load from disk on first use [default: 20000]
+    #[arg(long, env = "MERIDIAN_DOC_CACHE", value_name = "DOCS")]
+    pub doc_cache: Option<usize>,
     /// Directory with ca.pem and this node's certificate (see `meridian certs`); enables replication
     #[arg(long, env = "MERIDIAN_CERTS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
@@ -111,6 +114,7 @@ struct FileConfig {
     body_limit_bytes: Option<usize>,
     checkpoint_interval_ms: Option<u64>,
     storage_cache_mb: Option<usize>,
+    doc_cache: Option<usize>,
     certs: Option<PathBuf>,
     cert_name: Option<String>,
     listen_peer: Option<String>,
@@ -173,6 +177,8 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Bytes of memory for the store's page cache.
     pub storage_cache_bytes: usize,
+    /// Documents kept in memory (the document cache).
+    pub doc_cache: usize,
     /// Replication settings; `None` runs the node alone.
     pub replication: Option<ReplicationConfig>,
     /// Admin bearer token; admin endpoints answer 404 without one.
@@ -213,6 +219,8 @@ pub struct ReplicationConfig {
 /// node's memory for little gain: reads are served from documents in memory,
 /// and the store is read in bulk only at recovery.
 pub const STORAGE_CACHE_MB_DEFAULT: usize = 64;
+/// Default document cache: about 400 MiB of small automerge documents.
+pub const DOC_CACHE_DEFAULT: usize = 20_000;
 const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
 
 impl Config {
@@ -226,6 +234,12 @@ impl Config {
             body_limit_bytes: 1 << 20,
             checkpoint_interval: Duration::from_millis(5000),
             storage_cache_bytes: STORAGE_CACHE_MB_DEFAULT << 20,
+            // `MERIDIAN_DOC_CACHE=1 cargo test` runs every test with one resident document.
+            doc_cache: std::env::var("MERIDIAN_DOC_CACHE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DOC_CACHE_DEFAULT),
             replication: None,
             admin_token: None,
             tokens: Tokens::new(),
@@ -294,6 +308,10 @@ impl Config {
         let storage_cache_mb = args.storage_cache_mb.or(file.storage_cache_mb).unwrap_or(STORAGE_CACHE_MB_DEFAULT);
         if !(1..=65_536).contains(&storage_cache_mb) {
             return Err(invalid("storage_cache_mb", format!("{storage_cache_mb} is out of range; use 1 to 65536")));
+        }
+        let doc_cache = args.doc_cache.or(file.doc_cache).unwrap_or(DOC_CACHE_DEFAULT);
+        if !(1..=100_000_000).contains(&doc_cache) {
+            return Err(invalid("doc_cache", format!("{doc_cache} is out of range; use 1 to 100000000 documents")));
         }
         let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("meridian-data"));
         let admin_token = match std::env::var("MERIDIAN_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
@@ -419,6 +437,7 @@ impl Config {
             body_limit_bytes,
             checkpoint_interval: Duration::from_millis(checkpoint_ms),
             storage_cache_bytes: storage_cache_mb << 20,
+            doc_cache,
             replication,
             admin_token,
             tokens,
@@ -561,9 +580,15 @@ mod tests {
             assert_eq!(err.field, "storage_cache_mb");
             assert!(err.to_string().contains("use 1 to 65536"), "{err}");
         }
-        let path = write_file("cache", "storage_cache_mb = 256\n");
+        for bad in [0, 100_000_001] {
+            let err = Config::resolve(ServeArgs { doc_cache: Some(bad), ..ServeArgs::default() }).unwrap_err();
+            assert_eq!(err.field, "doc_cache");
+            assert!(err.to_string().contains("use 1 to 100000000"), "{err}");
+        }
+        let path = write_file("cache", "storage_cache_mb = 256\ndoc_cache = 500\n");
         let config = Config::resolve(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).unwrap();
         assert_eq!(config.storage_cache_bytes, 256 << 20);
+        assert_eq!(config.doc_cache, 500);
         std::fs::remove_file(path).unwrap();
         let path = write_file("unknown", "regoin = \"x\"\n");
         let err = Config::resolve(ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }).unwrap_err();

@@ -243,6 +243,22 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
     shared.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A document that did not load back from the store: the node cannot serve
+/// it right now (503), and nothing changed.
+fn cold_unavailable(err: meridian_crdt::ColdError) -> NodeError {
+    tracing::error!(cause = %err, "document cache");
+    NodeError::Unavailable(format!("{err}; retry later"))
+}
+
+/// Splits checkpoint snapshots into the batch's rows and the generations to
+/// mark persisted once the batch is durable.
+fn split_snapshots(
+    saved: Vec<(DocId, meridian_crdt::SnapshotOf)>,
+) -> (Vec<crate::storage::SnapshotRow>, Vec<(DocId, u64)>) {
+    let persisted = saved.iter().map(|(id, s)| (id.clone(), s.generation)).collect();
+    (saved.into_iter().map(|(id, s)| (id, s.bytes, s.entry)).collect(), persisted)
+}
+
 fn wall_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -293,6 +309,8 @@ pub struct NodeRuntime {
     replication: Option<ReplicationConfig>,
     driver: OnceLock<DriverHandle>,
     faults: Mutex<BTreeMap<String, FaultSpec>>,
+    /// The document cache limit, for metrics.
+    doc_cache: usize,
     started: Instant,
     feed_reader: FeedReader,
     /// Turns true in `shutdown`, ending event streams served straight from the runtime.
@@ -305,17 +323,21 @@ impl NodeRuntime {
         let started = Instant::now();
         let (store, recovered) = Store::open_with_cache(&config.data_dir, &config.region, config.storage_cache_bytes)?;
         let mut replica = Replica::new(recovered.node_id);
-        for (id, bytes) in recovered.snapshots {
-            let doc = Document::load(&bytes).map_err(|err| StorageError::Corrupt {
-                path: store.path().to_path_buf(),
-                what: format!("snapshot of document {:?} does not load: {err}", id.as_str()),
-            })?;
-            replica.insert_document(id, doc);
+        replica.set_cache(store.cold_store(), config.doc_cache);
+        // Every stored document starts cold: recovery reads no snapshot.
+        for (id, entry) in recovered.index {
+            replica.restore_cold(id, entry);
         }
         replica.restore_version_vector(&recovered.checkpoint);
         let dirty: HashSet<DocId> = recovered.log.iter().map(|r| r.doc.clone()).collect();
         let log_len = recovered.log.len();
         let outcome = replica.apply_records(recovered.log);
+        if let Some((origin, seq, err)) = outcome.unloadable.first() {
+            return Err(StorageError::Corrupt {
+                path: store.path().to_path_buf(),
+                what: format!("log record ({origin}, {seq}) cannot be replayed: {err}"),
+            });
+        }
         for (origin, seq, reason) in &outcome.rejected {
             if *origin == recovered.node_id {
                 // Our own changes were applied before they were stored: one that does not apply now is damage.
@@ -400,6 +422,7 @@ impl NodeRuntime {
             replication: config.replication.clone(),
             driver: OnceLock::new(),
             faults: Mutex::new(BTreeMap::new()),
+            doc_cache: config.doc_cache,
             started,
             feed_reader,
             stopping: watch::channel(false).0,
@@ -600,7 +623,7 @@ impl NodeRuntime {
                     });
                 }
             }
-            let Some(state) = core.replica.document(&id) else {
+            let Some(state) = core.replica.resident(&id).map_err(cold_unavailable)? else {
                 return Ok(DocRead { json: None, etag: String::new(), freshness });
             };
             let (json, etag) = match options.at {
@@ -1017,11 +1040,10 @@ impl NodeRuntime {
             let Some(last) = ids.last() else { break };
             after = Some(last.as_str().to_string());
             for id in ids {
-                let core = lock(&self.shared);
-                if let Some(state) = core.replica.document(&id) {
-                    let save = state.doc.save();
-                    drop(core);
-                    documents.push((id, save));
+                // Cold documents come straight from the store, without loading them.
+                let saved = lock(&self.shared).replica.saved(&id).map_err(cold_unavailable)?;
+                if let Some(saved) = saved {
+                    documents.push((id, saved.bytes));
                 }
             }
         }
@@ -1073,7 +1095,8 @@ impl Node for NodeRuntime {
     }
 
     fn conflicts(&self, id: DocId) -> Result<Option<Json>, NodeError> {
-        let core = lock(&self.shared);
+        let mut core = lock(&self.shared);
+        core.replica.resident(&id).map_err(cold_unavailable)?;
         let Some(state) = core.replica.document(&id) else { return Ok(None) };
         let conflicts: Vec<Json> = state
             .doc
@@ -1101,7 +1124,8 @@ impl Node for NodeRuntime {
     }
 
     fn history(&self, id: DocId) -> Result<Option<Json>, NodeError> {
-        let core = lock(&self.shared);
+        let mut core = lock(&self.shared);
+        core.replica.resident(&id).map_err(cold_unavailable)?;
         let Some(state) = core.replica.document(&id) else { return Ok(None) };
         let mut changes: Vec<(Option<Hlc>, Json)> = state
             .doc
@@ -1242,7 +1266,7 @@ type TransferChunk = (Vec<(DocId, Vec<u8>)>, Option<VersionVector>);
 fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     use std::fmt::Write as _;
     let now = Instant::now();
-    let (documents, log_entries, log_bytes, last_seq, members, counters, pending, freshness) = {
+    let (documents, log_entries, log_bytes, last_seq, members, counters, pending, freshness, cache) = {
         let core = lock(&runtime.shared);
         (
             core.replica.live_count(),
@@ -1253,6 +1277,7 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
             core.gossip.as_ref().map(|g| g.counters().clone()).unwrap_or_default(),
             core.replica.pending_count(),
             core.gossip.as_ref().map(|g| safe_time(g, &core.replica, now, wall_ns())),
+            (core.replica.resident_count() as u64, core.replica.cold_loads()),
         )
     };
     let durable = runtime.durable.borrow().clone();
@@ -1263,8 +1288,21 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let handshakes_refused = runtime.driver.get().map_or(0, |d| load(&d.stats.handshakes_refused));
     // Every scalar series: name, type, help, value. One table, one loop.
-    let series: [(&str, &str, &str, u64); 18] = [
+    let series: [(&str, &str, &str, u64); 21] = [
         ("meridian_documents", "gauge", "Documents that currently exist on this node.", documents as u64),
+        (
+            "meridian_documents_resident",
+            "gauge",
+            "Documents held in memory by the document cache (the rest load from disk on use).",
+            cache.0,
+        ),
+        (
+            "meridian_document_cache_limit",
+            "gauge",
+            "Documents the cache keeps in memory after an eviction pass (--doc-cache).",
+            runtime.doc_cache as u64,
+        ),
+        ("meridian_document_cache_loads_total", "counter", "Cold documents loaded from disk.", cache.1),
         ("meridian_log_entries", "gauge", "Change records held in the log.", log_entries as u64),
         ("meridian_log_bytes", "gauge", "Automerge change bytes held in the log.", log_bytes as u64),
         ("meridian_local_sequence", "gauge", "Last sequence number given to a local write.", last_seq),
@@ -1743,8 +1781,8 @@ impl StorageWorker {
                 tracing::warn!(doc = %id, cause = %err, "state-transfer document does not merge; skipped");
                 continue;
             }
-            if let Some(state) = core.replica.document(&id) {
-                saved.push((id, state.doc.save()));
+            if let Some(snapshot) = core.replica.snapshot_of(&id) {
+                saved.push((id, snapshot));
             }
         }
         let mut checkpoint = None;
@@ -1760,7 +1798,9 @@ impl StorageWorker {
         let mut received = Received::default();
         self.drain_until(ticket, &mut received);
         let records: Vec<ChangeRecord> = received.local.iter().chain(received.remote.iter()).cloned().collect();
-        self.commit(Batch { records, snapshots: saved, checkpoint: checkpoint.clone(), ..Batch::default() })?;
+        let (snapshots, persisted) = split_snapshots(saved);
+        self.commit(Batch { records, snapshots, checkpoint: checkpoint.clone(), ..Batch::default() })?;
+        self.mark_persisted(persisted);
         let Received { local, remote, snapshots: more } = received;
         self.publish(local, remote)?;
         if !more.is_empty() {
@@ -1893,14 +1933,15 @@ impl StorageWorker {
         self.drain_until(ticket_before, &mut received);
         self.commit_received(std::mem::take(&mut received))?;
         let ids: Vec<DocId> = self.dirty.drain().collect();
-        let mut snapshots = Vec::with_capacity(ids.len());
+        let mut saved = Vec::with_capacity(ids.len());
         for id in ids {
             // One document per lock hold, so writers are never stalled for long.
-            let core = lock(&self.shared);
-            if let Some(state) = core.replica.document(&id) {
-                snapshots.push((id, state.doc.save()));
+            // A cold document is not dirty in memory: its stored snapshot is current.
+            if let Some(snapshot) = lock(&self.shared).replica.snapshot_of(&id) {
+                saved.push((id, snapshot));
             }
         }
+        let (snapshots, persisted) = split_snapshots(saved);
         let ticket_after = lock(&self.shared).tickets_sent;
         self.drain_until(ticket_after, &mut received);
         let truncate: Vec<(NodeId, u64)> = {
@@ -1927,11 +1968,14 @@ impl StorageWorker {
         let snapshot_count = batch.snapshots.len();
         self.commit(batch)?;
         self.checkpoint_vv = covered;
+        self.mark_persisted(persisted);
         {
             let mut core = lock(&self.shared);
             for &(origin, upto) in &truncate {
                 core.replica.log_mut().truncate(origin, upto);
             }
+            // The snapshots just written let their documents leave memory.
+            core.replica.evict_over_limit();
         }
         // The records received in step 3 are committed; make them visible too.
         let Received { local, remote, snapshots: transfers } = received;
@@ -1943,6 +1987,15 @@ impl StorageWorker {
         self.shared.metrics.checkpoint_latency.observe(started.elapsed());
         tracing::debug!(snapshots = snapshot_count, "checkpoint");
         Ok(())
+    }
+
+    /// Tells the replica which snapshots are now durable, so the document
+    /// cache may evict those documents if they have not changed since.
+    fn mark_persisted(&self, persisted: Vec<(DocId, u64)>) {
+        let mut core = lock(&self.shared);
+        for (id, generation) in persisted {
+            core.replica.mark_persisted(&id, generation);
+        }
     }
 
     /// Makes already-committed records visible (gossip push, remote apply).

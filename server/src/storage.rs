@@ -8,6 +8,7 @@
 //! | `meta` | name            | node id, region, checkpoint vector, HLC high |
 //! | `log`  | (origin, seq)   | an encoded [`ChangeRecord`]                  |
 //! | `docs` | document id     | an automerge save of the document            |
+//! | `docindex` | document id | its [`ColdEntry`]: digest term, HLC, exists  |
 //! | `feed` | feed index      | which change was applied (event streams)     |
 //!
 //! Every value is sealed with a CRC-32 of its bytes, checked on every read:
@@ -15,23 +16,30 @@
 //! record, instead of serving wrong data. redb itself makes each commit
 //! atomic and, with `Durability::Immediate`, fsynced before `commit` returns.
 //!
-//! Recovery loads the snapshots, then replays only the log records the
-//! checkpoint vector does not already cover.
+//! Recovery reads the `docindex` rows, not the snapshots: every document
+//! starts cold and loads on first use (see `meridian_crdt::cache`), so a
+//! restart costs microseconds per document, not an automerge load each. It
+//! then replays only the log records the checkpoint vector does not already
+//! cover. Every snapshot is written in the same transaction as its index row;
+//! a store written before the index existed gets its index built once, at open.
 
 use std::path::{Path, PathBuf};
 
 use meridian_crdt::token::{read_varint, write_varint};
-use meridian_crdt::{ChangeRecord, DocId, Hlc, NodeId, VersionVector};
+use meridian_crdt::{ChangeRecord, ColdEntry, ColdStore, DocId, Document, Hlc, NodeId, VersionVector};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
+const DOCINDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("docindex");
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 
 /// File name of the store inside the data directory.
 pub const FILE_NAME: &str = "meridian.redb";
 const FORMAT_VERSION: u8 = 1;
+/// Meta key present once every snapshot has its `docindex` row.
+const INDEXED: &str = "docindex";
 
 /// Why storage failed. Any of these stops the node: it cannot go on safely.
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +94,8 @@ pub struct Recovered {
     pub node_id: NodeId,
     /// Changes covered by the snapshots.
     pub checkpoint: VersionVector,
-    /// Document snapshots.
-    pub snapshots: Vec<(DocId, Vec<u8>)>,
+    /// Every stored document's index row (the snapshots stay on disk).
+    pub index: Vec<(DocId, ColdEntry)>,
     /// Log records, in key order.
     pub log: Vec<ChangeRecord>,
     /// Highest HLC ever persisted: the clock must not go below it after a restart.
@@ -159,13 +167,33 @@ impl FeedReader {
     }
 }
 
+/// Reads snapshots for the document cache.
+struct SnapshotReader {
+    db: std::sync::Arc<Database>,
+    path: PathBuf,
+}
+
+impl ColdStore for SnapshotReader {
+    fn load(&self, id: &DocId) -> Result<Option<Vec<u8>>, String> {
+        let tx = self.db.begin_read().map_err(|e| e.to_string())?;
+        let docs = tx.open_table(DOCS).map_err(|e| e.to_string())?;
+        let Some(value) = docs.get(id.as_str()).map_err(|e| e.to_string())? else { return Ok(None) };
+        let bytes = unseal(&self.path, &|| format!("snapshot of document {:?}", id.as_str()), value.value())
+            .map_err(|e| e.to_string())?;
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+/// A snapshot to write: the document, its saved bytes and its index row.
+pub type SnapshotRow = (DocId, Vec<u8>, ColdEntry);
+
 /// One atomic, durable commit.
 #[derive(Default)]
 pub struct Batch {
     /// Records to append to the log.
     pub records: Vec<ChangeRecord>,
-    /// Document snapshots to write.
-    pub snapshots: Vec<(DocId, Vec<u8>)>,
+    /// Document snapshots to write, each with its index row.
+    pub snapshots: Vec<SnapshotRow>,
     /// New checkpoint vector (covered by all snapshots written so far).
     pub checkpoint: Option<VersionVector>,
     /// Log records to drop: per origin, everything up to this sequence.
@@ -266,12 +294,14 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
             tx.open_table(LOG).map_err(|e| self.io(e))?;
             tx.open_table(DOCS).map_err(|e| self.io(e))?;
+            tx.open_table(DOCINDEX).map_err(|e| self.io(e))?;
             tx.open_table(FEED).map_err(|e| self.io(e))?;
             let stored_format = meta.get("format").map_err(|e| self.io(e))?.map(|v| v.value().to_vec());
             match stored_format {
                 None => {
                     let id = NodeId(getrandom::u64().map_err(|e| self.io(e))?);
                     meta.insert("format", seal(&[FORMAT_VERSION]).as_slice()).map_err(|e| self.io(e))?;
+                    meta.insert(INDEXED, seal(&[1]).as_slice()).map_err(|e| self.io(e))?;
                     meta.insert("node_id", seal(&id.0.to_be_bytes()).as_slice()).map_err(|e| self.io(e))?;
                     meta.insert("region", seal(region.as_bytes()).as_slice()).map_err(|e| self.io(e))?;
                     id
@@ -308,6 +338,10 @@ impl Store {
                 }
             }
         };
+        let indexed = tx.open_table(META).map_err(|e| self.io(e))?.get(INDEXED).map_err(|e| self.io(e))?.is_some();
+        if !indexed {
+            self.build_index(&tx)?;
+        }
         let mut tx = tx;
         tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
         tx.commit().map_err(|e| self.io(e))?;
@@ -330,15 +364,17 @@ impl Store {
                 )
             }
         };
-        let mut snapshots = Vec::new();
-        let docs = tx.open_table(DOCS).map_err(|e| self.io(e))?;
-        for entry in docs.iter().map_err(|e| self.io(e))? {
+        let mut index = Vec::new();
+        let rows = tx.open_table(DOCINDEX).map_err(|e| self.io(e))?;
+        for entry in rows.iter().map_err(|e| self.io(e))? {
             let (key, value) = entry.map_err(|e| self.io(e))?;
-            let id_text = key.value().to_string();
-            let id = DocId::new(&id_text)
-                .map_err(|_| self.corrupt(format!("docs key {id_text:?} is not a valid document id")))?;
-            let bytes = unseal(&self.path, &|| format!("snapshot of document {id_text:?}"), value.value())?;
-            snapshots.push((id, bytes.to_vec()));
+            let id_text = key.value();
+            let id = DocId::new(id_text)
+                .map_err(|_| self.corrupt(format!("docindex key {id_text:?} is not a valid document id")))?;
+            let bytes = unseal(&self.path, &|| format!("index row of document {id_text:?}"), value.value())?;
+            let row = ColdEntry::decode(bytes)
+                .ok_or_else(|| self.corrupt(format!("index row of document {id_text:?} does not decode")))?;
+            index.push((id, row));
         }
         let mut log = Vec::new();
         let log_table = tx.open_table(LOG).map_err(|e| self.io(e))?;
@@ -365,7 +401,7 @@ impl Store {
                 )
             }
         };
-        Ok(Recovered { node_id, checkpoint, snapshots, log, hlc_high, next_feed, hlc_lease })
+        Ok(Recovered { node_id, checkpoint, index, log, hlc_high, next_feed, hlc_lease })
     }
 
     /// Commits `batch` atomically and durably (fsync before returning).
@@ -391,8 +427,10 @@ impl Store {
                 feed.retain_in(..keep_from, |_, _| false).map_err(|e| self.io(e))?;
             }
             let mut docs = tx.open_table(DOCS).map_err(|e| self.io(e))?;
-            for (id, bytes) in &batch.snapshots {
+            let mut rows = tx.open_table(DOCINDEX).map_err(|e| self.io(e))?;
+            for (id, bytes, row) in &batch.snapshots {
                 docs.insert(id.as_str(), seal(bytes).as_slice()).map_err(|e| self.io(e))?;
+                rows.insert(id.as_str(), seal(&row.encode()).as_slice()).map_err(|e| self.io(e))?;
             }
             let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
             if let Some(lease) = batch.hlc_lease {
@@ -440,13 +478,46 @@ impl Store {
             if holds_state {
                 return Err(self.io("the store already holds data; a backup is restored only into a new store"));
             }
+            let mut rows = tx.open_table(DOCINDEX).map_err(|e| self.io(e))?;
             for (id, bytes) in documents {
+                let doc = Document::load(bytes)
+                    .map_err(|err| self.corrupt(format!("backup document {:?} does not load: {err}", id.as_str())))?;
                 docs.insert(id.as_str(), seal(bytes).as_slice()).map_err(|e| self.io(e))?;
+                rows.insert(id.as_str(), seal(&ColdEntry::of(id, &doc).encode()).as_slice()).map_err(|e| self.io(e))?;
             }
             meta.insert("checkpoint", seal(&encode_vv(covered)).as_slice()).map_err(|e| self.io(e))?;
             meta.insert("hlc_high", seal(&hlc_high.to_bytes()).as_slice()).map_err(|e| self.io(e))?;
         }
         tx.commit().map_err(|e| self.io(e))
+    }
+
+    /// Writes the index row of every stored snapshot (a store from before
+    /// the index), loading each snapshot once, inside the open's first commit.
+    fn build_index(&self, tx: &redb::WriteTransaction) -> Result<(), StorageError> {
+        let docs = tx.open_table(DOCS).map_err(|e| self.io(e))?;
+        let mut rows = tx.open_table(DOCINDEX).map_err(|e| self.io(e))?;
+        let mut built = 0usize;
+        for entry in docs.iter().map_err(|e| self.io(e))? {
+            let (key, value) = entry.map_err(|e| self.io(e))?;
+            let id_text = key.value();
+            let id = DocId::new(id_text)
+                .map_err(|_| self.corrupt(format!("docs key {id_text:?} is not a valid document id")))?;
+            let bytes = unseal(&self.path, &|| format!("snapshot of document {id_text:?}"), value.value())?;
+            let doc = Document::load(bytes)
+                .map_err(|err| self.corrupt(format!("snapshot of document {id_text:?} does not load: {err}")))?;
+            rows.insert(id_text, seal(&ColdEntry::of(&id, &doc).encode()).as_slice()).map_err(|e| self.io(e))?;
+            built += 1;
+        }
+        drop(rows);
+        tx.open_table(META).map_err(|e| self.io(e))?.insert(INDEXED, seal(&[1]).as_slice()).map_err(|e| self.io(e))?;
+        tracing::info!(documents = built, "built the document index of a store written before it existed");
+        Ok(())
+    }
+
+    /// Where a replica loads its evicted documents from: this store's
+    /// snapshots, read in their own read transactions (any thread).
+    pub fn cold_store(&self) -> std::sync::Arc<dyn ColdStore> {
+        std::sync::Arc::new(SnapshotReader { db: self.db.clone(), path: self.path.clone() })
     }
 
     /// A reader of the feed usable from other threads.
@@ -479,6 +550,42 @@ mod tests {
         }
     }
 
+    fn entry() -> ColdEntry {
+        ColdEntry { digest_term: [9; 32], max_hlc: Hlc::new(5, 1), exists: true }
+    }
+
+    #[test]
+    fn cold_documents_load_from_their_snapshot() {
+        let dir = temp_dir("cold");
+        let (store, _) = Store::open(&dir, "eu-west").unwrap();
+        let id = DocId::new("d").unwrap();
+        store.commit(&Batch { snapshots: vec![(id.clone(), vec![1, 2, 3], entry())], ..Batch::default() }).unwrap();
+        let cold = store.cold_store();
+        assert_eq!(cold.load(&id).unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(cold.load(&DocId::new("other").unwrap()).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_without_the_index_gets_it_built_at_open() {
+        let dir = temp_dir("legacy");
+        let (store, _) = Store::open(&dir, "eu-west").unwrap();
+        let id = DocId::new("d").unwrap();
+        let mut doc = Document::new();
+        let meta = meridian_crdt::ChangeMeta { origin: NodeId(1), seq: 1, hlc: Hlc::new(10, 0) };
+        doc.merge_patch(&serde_json::json!({"a": 1}), &meta).unwrap();
+        // Write the snapshot as a store from before the index did: no row, no flag.
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(DOCS).unwrap().insert(id.as_str(), seal(&doc.save()).as_slice()).unwrap();
+        tx.open_table(META).unwrap().remove(INDEXED).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        let (_, again) = Store::open(&dir, "eu-west").unwrap();
+        assert_eq!(again.index, vec![(id.clone(), ColdEntry::of(&id, &doc))]);
+        assert!(again.index[0].1.exists);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn identity_log_and_checkpoint_survive_reopen() {
         let dir = temp_dir("reopen");
@@ -488,7 +595,7 @@ mod tests {
         store
             .commit(&Batch {
                 records: vec![record(1), record(2), record(3)],
-                snapshots: vec![(DocId::new("d").unwrap(), vec![1, 2, 3])],
+                snapshots: vec![(DocId::new("d").unwrap(), vec![1, 2, 3], entry())],
                 checkpoint: Some(checkpoint.clone()),
                 truncate: vec![(NodeId(7), 2)],
                 feed: (1..=3)
@@ -508,7 +615,11 @@ mod tests {
         assert_eq!(again.node_id, first.node_id);
         assert_eq!(again.checkpoint, checkpoint);
         assert_eq!(again.log, vec![record(3)]);
-        assert_eq!(again.snapshots.len(), 1);
+        assert_eq!(
+            again.index,
+            vec![(DocId::new("d").unwrap(), entry())],
+            "recovery reads the index, not the snapshots"
+        );
         assert_eq!(again.hlc_high, Hlc::new(30, 0));
         assert_eq!(again.next_feed, 4, "feed indices continue after a restart");
         assert_eq!(again.hlc_lease, Hlc::new(77, 0), "the HLC lease survives a restart");

@@ -127,6 +127,15 @@ impl From<NodeError> for ApiError {
             NodeError::Write(WriteError::Document(DocumentError::NotAnObject(reason))) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-an-object", reason)
             }
+            NodeError::Write(WriteError::Cold(err)) => {
+                tracing::error!(cause = %err, "write failed: the document did not load from the store");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("{err}; nothing was applied, retry later"),
+                )
+                .with_header(header::RETRY_AFTER, "1")
+            }
             NodeError::Write(WriteError::Document(err @ (DocumentError::Corrupt(_) | DocumentError::Internal(_)))) => {
                 tracing::error!(cause = %err, "write failed inside the CRDT layer");
                 ApiError::new(
