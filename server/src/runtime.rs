@@ -26,8 +26,10 @@
 //! the last local change in it is durable before answering, so nobody sees a
 //! change whose sequence number a crash could reuse.
 //!
-//! **Checkpoints.** See [`StorageWorker::checkpoint`]: records first, then
-//! snapshots, then truncation below what the snapshots and every member hold.
+//! **Checkpoints.** See [`StorageWorker::begin_checkpoint`]: records first, then
+//! snapshots a few per commit, then truncation below what the snapshots and
+//! every member hold. **Document cache.** Snapshots mark their documents
+//! persisted, after which the replica may evict them (`--doc-cache`).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +58,9 @@ pub const BATCH_RECORDS_MAX: usize = 4096;
 pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// Most writes waiting for durability at once; more are refused with 503.
 pub const WRITES_IN_FLIGHT_MAX: usize = 8192;
+/// Snapshots per commit during a checkpoint: each step stalls writes for
+/// about this many automerge saves plus one fsync.
+const SNAPSHOTS_PER_COMMIT: usize = 32;
 /// A checkpoint is also forced when this many documents are dirty.
 pub const DIRTY_DOCS_MAX: usize = 50_000;
 /// Feed entries kept for resuming event streams; older ones are dropped at checkpoints.
@@ -396,6 +401,7 @@ impl NodeRuntime {
             last_checkpoint: Instant::now(),
             checkpoint_interval: config.checkpoint_interval,
             shutdown_requested: false,
+            phase: None,
         };
         let thread =
             std::thread::Builder::new().name("meridian-storage".into()).spawn(move || worker.run()).map_err(|err| {
@@ -1604,6 +1610,20 @@ struct StorageWorker {
     last_checkpoint: Instant,
     checkpoint_interval: Duration,
     shutdown_requested: bool,
+    /// The checkpoint in progress, if any.
+    phase: Option<CheckpointPhase>,
+}
+
+/// A checkpoint in progress: its snapshots go a few per commit, between
+/// ordinary commits, so a write never waits behind all of them.
+struct CheckpointPhase {
+    /// What the snapshots will cover (`V`).
+    covered: VersionVector,
+    /// Documents still to snapshot.
+    todo: Vec<DocId>,
+    started: Instant,
+    /// Snapshots written so far.
+    snapshots: usize,
 }
 
 /// What one pass of the storage loop received.
@@ -1618,11 +1638,15 @@ impl StorageWorker {
     fn run(mut self) {
         loop {
             // Wake at least every 200 ms: the HLC lease must be renewed before it runs out.
-            let wait = self
-                .checkpoint_interval
-                .saturating_sub(self.last_checkpoint.elapsed())
-                .min(Duration::from_millis(200))
-                .max(Duration::from_millis(1));
+            // During a checkpoint, only take what is already queued between its steps.
+            let wait = if self.phase.is_some() {
+                Duration::ZERO
+            } else {
+                self.checkpoint_interval
+                    .saturating_sub(self.last_checkpoint.elapsed())
+                    .min(Duration::from_millis(200))
+                    .max(Duration::from_millis(1))
+            };
             let first = match self.rx.recv_timeout(wait) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -1647,13 +1671,31 @@ impl StorageWorker {
             if self.renew_lease().is_err() {
                 return;
             }
-            let interval_passed = self.last_checkpoint.elapsed() >= self.checkpoint_interval;
-            let due = (!self.dirty.is_empty() && (interval_passed || self.dirty.len() >= DIRTY_DOCS_MAX))
-                || (interval_passed && self.log_truncatable());
-            if (due || self.shutdown_requested) && self.checkpoint().is_err() {
+            if self.phase.is_none() {
+                let interval_passed = self.last_checkpoint.elapsed() >= self.checkpoint_interval;
+                let due = (!self.dirty.is_empty() && (interval_passed || self.dirty.len() >= DIRTY_DOCS_MAX))
+                    || (interval_passed && self.log_truncatable());
+                if (due || self.shutdown_requested) && self.begin_checkpoint().is_err() {
+                    return;
+                }
+            }
+            if self.checkpoint_step().is_err() {
                 return;
             }
             if self.shutdown_requested {
+                // Finish the checkpoint in progress, then one more for what arrived during it.
+                while self.phase.is_some() {
+                    if self.checkpoint_step().is_err() {
+                        return;
+                    }
+                }
+                if !self.dirty.is_empty() && self.begin_checkpoint().is_ok() {
+                    while self.phase.is_some() {
+                        if self.checkpoint_step().is_err() {
+                            return;
+                        }
+                    }
+                }
                 return;
             }
         }
@@ -1909,19 +1951,24 @@ impl StorageWorker {
         }
     }
 
-    /// Snapshots every dirty document and records what the snapshots cover.
+    /// Starts a checkpoint: snapshots every dirty document, a few per commit
+    /// ([`StorageWorker::checkpoint_step`]), then records what they cover.
     ///
     /// 1. Read the vector `V` and ticket `T` under the lock, then receive and
     ///    commit every local record up to `T`: every change in `V` now has its
     ///    document marked dirty (remote changes are in `V` only once applied,
     ///    which marks them dirty first).
-    /// 2. Snapshot the dirty documents (each holds at least its changes in `V`).
-    /// 3. Read the ticket again and receive local records up to it: any local
-    ///    change inside a snapshot is then in this commit's log records too, so
-    ///    a snapshot never holds a change whose sequence number a crash could reuse.
-    /// 4. Commit records, snapshots and checkpoint `V` atomically; drop from
-    ///    the log what `V` covers and every member holds.
-    fn checkpoint(&mut self) -> Result<(), ()> {
+    /// 2. Take the dirty set `D`; every step snapshots part of `D` (each
+    ///    snapshot holds at least its document's changes in `V`), then reads
+    ///    the ticket again and commits the local records up to it in the same
+    ///    transaction: a snapshot never holds a change whose sequence number a
+    ///    crash could reuse.
+    /// 3. The last step commits `V` (merged with what state transfers installed
+    ///    meanwhile) as the checkpoint vector, and drops from the log what `V`
+    ///    covers and every member holds. Until then the old vector stands, and
+    ///    the log still holds everything it does not cover, so a crash
+    ///    mid-checkpoint recovers as before it started.
+    fn begin_checkpoint(&mut self) -> Result<(), ()> {
         let started = Instant::now();
         let (covered, ticket_before) = {
             let core = lock(&self.shared);
@@ -1931,43 +1978,62 @@ impl StorageWorker {
         };
         let mut received = Received::default();
         self.drain_until(ticket_before, &mut received);
-        self.commit_received(std::mem::take(&mut received))?;
-        let ids: Vec<DocId> = self.dirty.drain().collect();
-        let mut saved = Vec::with_capacity(ids.len());
-        for id in ids {
+        self.commit_received(received)?;
+        let todo: Vec<DocId> = self.dirty.drain().collect();
+        self.phase = Some(CheckpointPhase { covered, todo, started, snapshots: 0 });
+        Ok(())
+    }
+
+    /// Writes the next few snapshots of the checkpoint in progress, or, when
+    /// none are left, its vector and truncation (see [`StorageWorker::begin_checkpoint`]).
+    fn checkpoint_step(&mut self) -> Result<(), ()> {
+        let Some(phase) = self.phase.as_mut() else { return Ok(()) };
+        let chunk: Vec<DocId> = phase.todo.split_off(phase.todo.len().saturating_sub(SNAPSHOTS_PER_COMMIT));
+        let last = phase.todo.is_empty();
+        let mut saved = Vec::with_capacity(chunk.len());
+        for id in chunk {
             // One document per lock hold, so writers are never stalled for long.
             // A cold document is not dirty in memory: its stored snapshot is current.
             if let Some(snapshot) = lock(&self.shared).replica.snapshot_of(&id) {
                 saved.push((id, snapshot));
             }
         }
+        phase.snapshots += saved.len();
         let (snapshots, persisted) = split_snapshots(saved);
+        let mut received = Received::default();
         let ticket_after = lock(&self.shared).tickets_sent;
         self.drain_until(ticket_after, &mut received);
-        let truncate: Vec<(NodeId, u64)> = {
-            let core = lock(&self.shared);
-            match &core.gossip {
-                // Replicating: only what every member holds may go.
-                Some(gossip) => gossip
-                    .truncation_point(&core.replica)
-                    .into_iter()
-                    .map(|(origin, upto)| (origin, upto.min(covered.contiguous(origin))))
-                    .collect(),
-                // Alone: nobody else needs the log.
-                None => covered.origins().map(|origin| (origin, covered.contiguous(origin))).collect(),
-            }
-        };
+        let mut checkpoint = None;
+        let mut truncate = Vec::new();
+        if last {
+            let phase = self.phase.as_ref().expect("in progress");
+            let covered = &phase.covered;
+            truncate = {
+                let core = lock(&self.shared);
+                match &core.gossip {
+                    // Replicating: only what every member holds may go.
+                    Some(gossip) => gossip
+                        .truncation_point(&core.replica)
+                        .into_iter()
+                        .map(|(origin, upto)| (origin, upto.min(covered.contiguous(origin))))
+                        .collect(),
+                    // Alone: nobody else needs the log.
+                    None => covered.origins().map(|origin| (origin, covered.contiguous(origin))).collect(),
+                }
+            };
+            let mut vv = self.checkpoint_vv.clone();
+            vv.merge(covered);
+            checkpoint = Some(vv);
+        }
         let records: Vec<ChangeRecord> = received.local.iter().chain(received.remote.iter()).cloned().collect();
         let batch = Batch {
             records,
             snapshots,
-            checkpoint: Some(covered.clone()),
+            checkpoint: checkpoint.clone(),
             truncate: truncate.clone(),
             ..Batch::default()
         };
-        let snapshot_count = batch.snapshots.len();
         self.commit(batch)?;
-        self.checkpoint_vv = covered;
         self.mark_persisted(persisted);
         {
             let mut core = lock(&self.shared);
@@ -1977,15 +2043,19 @@ impl StorageWorker {
             // The snapshots just written let their documents leave memory.
             core.replica.evict_over_limit();
         }
-        // The records received in step 3 are committed; make them visible too.
+        if let Some(checkpoint) = checkpoint {
+            self.checkpoint_vv = checkpoint;
+            let phase = self.phase.take().expect("in progress");
+            self.last_checkpoint = Instant::now();
+            self.shared.metrics.checkpoint_latency.observe(phase.started.elapsed());
+            tracing::debug!(snapshots = phase.snapshots, "checkpoint");
+        }
+        // The records received above are committed; make them visible too.
         let Received { local, remote, snapshots: transfers } = received;
         self.publish(local, remote)?;
         for (docs, covers) in transfers {
             self.install_snapshot(docs, covers)?;
         }
-        self.last_checkpoint = Instant::now();
-        self.shared.metrics.checkpoint_latency.observe(started.elapsed());
-        tracing::debug!(snapshots = snapshot_count, "checkpoint");
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Real-process crash recovery: start the `meridian` binary, write
 //! concurrently, `kill -9` it mid-stream (checkpoints running every 20 ms so
-//! the kill also lands inside snapshot and truncation commits), restart it on
+//! the kill also lands inside snapshot and truncation commits, and a document
+//! cache of two so most documents are cold), restart it on
 //! the same data directory, and check that every acknowledged write is there:
 //! every acknowledged PUT document with its exact content, every acknowledged
 //! list append exactly once, and the counter at least the acknowledged
@@ -72,7 +73,9 @@ async fn kill_9_mid_stream_loses_no_acknowledged_write() {
     let dir = TempDir::new("crash");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let acked = Arc::new(Mutex::new(Acked::default()));
-    let flags = ["--checkpoint-interval-ms", "20"];
+    // A tiny document cache: most documents go cold after each checkpoint, so
+    // recovery, reads and writes also go through loads from disk.
+    let flags = ["--checkpoint-interval-ms", "20", "--doc-cache", "2"];
 
     // Every round starts a node (recovering the previous round's data), writes, and kills it.
     let first = NodeProcess::start(dir.path(), &flags);
