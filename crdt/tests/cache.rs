@@ -137,10 +137,12 @@ proptest! {
         let mut restarted = Replica::new(NodeId(1));
         restarted.set_cache(store.clone(), 1);
         checkpoint(&mut cached, &store);
+        let mut index = Vec::new();
         for id in cached.all_doc_ids(None, usize::MAX) {
             let entry = cached.resident(&id).unwrap().map(|_| ()).and_then(|_| cached.snapshot_of(&id)).unwrap().entry;
-            restarted.restore_cold(id, entry);
+            index.push((id, entry));
         }
+        restarted.restore_cold_all(index);
         restarted.restore_version_vector(cached.version_vector());
         prop_assert_eq!(restarted.digest(), plain.digest());
         prop_assert_eq!(all_json(&mut restarted), all_json(&mut plain));

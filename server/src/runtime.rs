@@ -58,9 +58,16 @@ pub const BATCH_RECORDS_MAX: usize = 4096;
 pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// Most writes waiting for durability at once; more are refused with 503.
 pub const WRITES_IN_FLIGHT_MAX: usize = 8192;
-/// Snapshots per commit during a checkpoint: each step stalls writes for
-/// about this many automerge saves plus one fsync.
-const SNAPSHOTS_PER_COMMIT: usize = 32;
+/// A checkpoint writes its snapshots in about this many steps, one commit
+/// each, between ordinary commits: a write waits behind one step, not all.
+const CHECKPOINT_STEPS: usize = 50;
+/// Snapshots per step, at least and at most: few enough that a step is
+/// short, many enough that a large backlog (a bulk load) still drains.
+const SNAPSHOTS_PER_STEP: std::ops::RangeInclusive<usize> = 8..=2048;
+/// After a step whose snapshots took `t` of CPU, the next waits
+/// `CHECKPOINT_PACE * t`: a checkpoint takes at most about a quarter of one
+/// core, so a node near its peak write rate keeps headroom.
+const CHECKPOINT_PACE: u32 = 3;
 /// A checkpoint is also forced when this many documents are dirty.
 pub const DIRTY_DOCS_MAX: usize = 50_000;
 /// Feed entries kept for resuming event streams; older ones are dropped at checkpoints.
@@ -330,9 +337,7 @@ impl NodeRuntime {
         let mut replica = Replica::new(recovered.node_id);
         replica.set_cache(store.cold_store(), config.doc_cache);
         // Every stored document starts cold: recovery reads no snapshot.
-        for (id, entry) in recovered.index {
-            replica.restore_cold(id, entry);
-        }
+        replica.restore_cold_all(recovered.index);
         replica.restore_version_vector(&recovered.checkpoint);
         let dirty: HashSet<DocId> = recovered.log.iter().map(|r| r.doc.clone()).collect();
         let log_len = recovered.log.len();
@@ -1621,9 +1626,13 @@ struct CheckpointPhase {
     covered: VersionVector,
     /// Documents still to snapshot.
     todo: Vec<DocId>,
+    /// Snapshots per step (see `CHECKPOINT_STEPS`).
+    per_step: usize,
     started: Instant,
     /// Snapshots written so far.
     snapshots: usize,
+    /// When the next step may run (see `CHECKPOINT_PACE`).
+    next_step_at: Instant,
 }
 
 /// What one pass of the storage loop received.
@@ -1639,8 +1648,8 @@ impl StorageWorker {
         loop {
             // Wake at least every 200 ms: the HLC lease must be renewed before it runs out.
             // During a checkpoint, only take what is already queued between its steps.
-            let wait = if self.phase.is_some() {
-                Duration::ZERO
+            let wait = if let Some(phase) = &self.phase {
+                phase.next_step_at.saturating_duration_since(Instant::now()).min(Duration::from_millis(200))
             } else {
                 self.checkpoint_interval
                     .saturating_sub(self.last_checkpoint.elapsed())
@@ -1679,7 +1688,8 @@ impl StorageWorker {
                     return;
                 }
             }
-            if self.checkpoint_step().is_err() {
+            let step_due = self.phase.as_ref().is_some_and(|p| p.next_step_at <= Instant::now());
+            if step_due && !self.shutdown_requested && self.checkpoint_step().is_err() {
                 return;
             }
             if self.shutdown_requested {
@@ -1980,7 +1990,9 @@ impl StorageWorker {
         self.drain_until(ticket_before, &mut received);
         self.commit_received(received)?;
         let todo: Vec<DocId> = self.dirty.drain().collect();
-        self.phase = Some(CheckpointPhase { covered, todo, started, snapshots: 0 });
+        let per_step = (todo.len() / CHECKPOINT_STEPS).clamp(*SNAPSHOTS_PER_STEP.start(), *SNAPSHOTS_PER_STEP.end());
+        self.phase =
+            Some(CheckpointPhase { covered, todo, per_step, started, snapshots: 0, next_step_at: Instant::now() });
         Ok(())
     }
 
@@ -1988,9 +2000,10 @@ impl StorageWorker {
     /// none are left, its vector and truncation (see [`StorageWorker::begin_checkpoint`]).
     fn checkpoint_step(&mut self) -> Result<(), ()> {
         let Some(phase) = self.phase.as_mut() else { return Ok(()) };
-        let chunk: Vec<DocId> = phase.todo.split_off(phase.todo.len().saturating_sub(SNAPSHOTS_PER_COMMIT));
+        let chunk: Vec<DocId> = phase.todo.split_off(phase.todo.len().saturating_sub(phase.per_step));
         let last = phase.todo.is_empty();
         let mut saved = Vec::with_capacity(chunk.len());
+        let saving = Instant::now();
         for id in chunk {
             // One document per lock hold, so writers are never stalled for long.
             // A cold document is not dirty in memory: its stored snapshot is current.
@@ -1999,6 +2012,8 @@ impl StorageWorker {
             }
         }
         phase.snapshots += saved.len();
+        // Pace on the saving (CPU), not on the commit (mostly waiting for fsync).
+        phase.next_step_at = Instant::now() + saving.elapsed() * CHECKPOINT_PACE;
         let (snapshots, persisted) = split_snapshots(saved);
         let mut received = Received::default();
         let ticket_after = lock(&self.shared).tickets_sent;

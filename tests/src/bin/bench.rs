@@ -962,6 +962,9 @@ async fn scale(options: &Options) -> ScenarioReport {
         cold.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let (peak_after_reads, rss) = bench::memory_mib(node.pid());
+    let resident = metric(&node.url, "meridian_documents_resident").await;
+    let limit = metric(&node.url, "meridian_document_cache_limit").await;
+    let loads = metric(&node.url, "meridian_document_cache_loads_total").await;
     let scale_note = if n < 1_000_000 {
         vec![format!("run with {} documents, not the target's 1,000,000", fmt(n as f64))]
     } else {
@@ -980,6 +983,18 @@ async fn scale(options: &Options) -> ScenarioReport {
             Figure::plain("cold read p50", "ms", quantile_ms(&mut cold, 0.5), None),
             Figure::plain("cold read p99", "ms", quantile_ms(&mut cold, 0.99), None),
         ],
-        notes: [scale_note, vec![format!("RSS after the reads {rss:.0} MiB")]].concat(),
+        notes: [
+            scale_note,
+            vec![
+                format!("RSS after the reads {rss:.0} MiB"),
+                format!(
+                    "document cache: {} resident of {} allowed, {} cold loads since the restart",
+                    fmt(resident),
+                    fmt(limit),
+                    fmt(loads)
+                ),
+            ],
+        ]
+        .concat(),
     }
 }
