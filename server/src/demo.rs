@@ -662,7 +662,13 @@ fn supervise(args: DemoArgs) -> Result<(), String> {
         for region in regions.iter_mut() {
             if let Some(child) = region.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    if !region.expected_exit {
+                    // Ctrl-C reaches the regions too (one process group), and a
+                    // region can finish its clean stop before our own handler
+                    // has run: give a clean exit a moment to turn out expected.
+                    if status.success() && !region.expected_exit {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    if !region.expected_exit && !stopping.load(Ordering::SeqCst) {
                         println!(
                             "[demo] region {} exited unexpectedly ({status}); see {}; `meridian demo restart {}` starts it again",
                             region.name,
