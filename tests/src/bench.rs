@@ -66,6 +66,17 @@ impl LoadResult {
     pub fn quantile_ms(&mut self, q: f64) -> f64 {
         quantile_us(&mut self.latencies_us, q) / 1000.0
     }
+
+    /// Adds another phase's counts, latencies and time to this one.
+    pub fn absorb(&mut self, other: LoadResult) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies_us.extend(other.latencies_us);
+        self.elapsed += other.elapsed;
+    }
 }
 
 /// Quantile `q` of microsecond samples (sorts them), in microseconds.

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use meridian_crdt::{DocId, Document, Hlc, NodeId, Replica, WriteOp};
 use meridian_tests::bench::{
-    self, fmt, http_get, http_request, load, quantile_ms, Figure, LoadResult, Pace, Progress, ScenarioReport, Target,
+    self, fmt, http_get, http_request, load, quantile_ms, Figure, LoadResult, Pace, Progress, RequestFn,
+    ScenarioReport, Target,
 };
 use meridian_tests::{NodeProcess, TempDir, TestCluster, ADMIN_TOKEN};
 use serde_json::{json, Value};
@@ -319,21 +320,24 @@ async fn write(options: &Options) -> ScenarioReport {
     let measure = Duration::from_secs_f64(options.seconds);
     let conns = options.connections;
     let baseline = Baseline::start();
-    progress.phase(format!("baseline, {conns} conns"));
-    let mut base = load(baseline.addr, conns, Pace::Closed, warmup, measure, Arc::new(patch_request), &progress).await;
-    drop(baseline);
-    progress.step(&describe(&mut base));
-
     let dir = TempDir::new("bench-write");
     let node = single_node(&dir, options);
     let addr = addr_of(&node.url);
-    progress.phase(format!("meridian, {conns} conns"));
-    let mut peak = load(addr, conns, Pace::Closed, warmup, measure, Arc::new(patch_request), &progress).await;
-    progress.step(&describe(&mut peak));
+    let (mut base, mut peak) =
+        interleaved(baseline.addr, addr, conns, warmup, measure, Arc::new(patch_request), &progress).await;
+    drop(baseline);
     let rate = peak.throughput() * 0.7;
     progress.phase(format!("meridian at 70% ({} req/s)", fmt(rate)));
+    let before = (
+        buckets(&node.url, "meridian_write_duration_seconds").await,
+        buckets(&node.url, "meridian_fsync_duration_seconds").await,
+    );
     let mut at70 = load(addr, conns, Pace::Rate(rate), warmup, measure, Arc::new(patch_request), &progress).await;
     progress.step(&describe(&mut at70));
+    // Where the tail at 70% comes from: the node's own view of each write
+    // (apply to durable) and of each commit, over the same phase (warm-up included).
+    let write_p99 = bucket_quantile(&before.0, &buckets(&node.url, "meridian_write_duration_seconds").await, 0.99);
+    let fsync_p99 = bucket_quantile(&before.1, &buckets(&node.url, "meridian_fsync_duration_seconds").await, 0.99);
     let fsyncs = metric(&node.url, "meridian_storage_commits_total").await;
     let writes = metric(&node.url, "meridian_durable_sequence").await;
     drop(node);
@@ -345,6 +349,13 @@ async fn write(options: &Options) -> ScenarioReport {
             .into_iter()
             .flatten()
             .collect();
+    if let (Some(write), Some(fsync)) = (write_p99, fsync_p99) {
+        notes.push(format!(
+            "at 70% of peak, the node's own p99 (histogram bucket bounds): write, apply to durable, <= {} ms; commit (fsync) <= {} ms",
+            fmt(write * 1000.0),
+            fmt(fsync * 1000.0)
+        ));
+    }
     if fsyncs > 0.0 && writes > 0.0 {
         notes.push(format!(
             "{} writes shared {} fsynced commits ({:.1} writes per fsync): group commit",
@@ -356,7 +367,7 @@ async fn write(options: &Options) -> ScenarioReport {
     ScenarioReport {
         name: "write".into(),
         setup: format!(
-            "PATCH (merge patch, ~80-byte body) to 1,000 small documents at one node, {conns} keep-alive HTTP/1.1 connections, {:.0} s measured after {:.0} s warm-up; baseline: a bare axum handler that parses the same JSON and answers 200. Meridian fsyncs every write before answering.",
+            "PATCH (merge patch, ~80-byte body) to 1,000 small documents at one node, {conns} keep-alive HTTP/1.1 connections, {:.0} s measured in three rounds taken in turn with the baseline's, each after {:.0} s warm-up; baseline: a bare axum handler that parses the same JSON and answers 200. Meridian fsyncs every write before answering.",
             measure.as_secs_f64(),
             warmup.as_secs_f64()
         ),
@@ -389,6 +400,30 @@ fn local_write_rate(limit: Duration) -> f64 {
     i as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A histogram's cumulative buckets from a node's /metrics, as (upper bound in seconds, count).
+async fn buckets(url: &str, name: &str) -> Vec<(f64, f64)> {
+    let Ok(reply) = client().get(format!("{url}/metrics")).send().await else { return Vec::new() };
+    let text = reply.text().await.unwrap_or_default();
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding quantile `q` of what was observed
+/// between two readings of the same histogram; `None` without observations.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let diff: Vec<(f64, f64)> =
+        after.iter().map(|&(le, n)| (le, n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect();
+    let total = diff.last()?.1;
+    (total > 0.0).then(|| diff.iter().find(|(_, n)| *n >= q * total).map_or(f64::INFINITY, |b| b.0))
+}
+
 /// A counter or gauge from a node's /metrics (summed over label sets); 0 if absent.
 async fn metric(url: &str, name: &str) -> f64 {
     let Ok(reply) = client().get(format!("{url}/metrics")).send().await else { return 0.0 };
@@ -402,6 +437,35 @@ async fn metric(url: &str, name: &str) -> f64 {
 // ---------------------------------------------------------------------------
 // 2. read
 
+/// Rounds of baseline and Meridian load taken in turn: on shared, noisy
+/// cores the machine's speed drifts by a factor of two within minutes, and
+/// alternating puts both sides under the same drift. Returns the baseline's
+/// and Meridian's results summed over the rounds.
+async fn interleaved(
+    baseline: SocketAddr,
+    meridian: SocketAddr,
+    conns: usize,
+    warmup: Duration,
+    measure: Duration,
+    request: RequestFn,
+    progress: &Progress,
+) -> (LoadResult, LoadResult) {
+    const ROUNDS: u32 = 3;
+    let (mut base, mut ours) = (LoadResult::default(), LoadResult::default());
+    let slice = measure / ROUNDS;
+    for round in 1..=ROUNDS {
+        progress.phase(format!("baseline, {conns} conns, round {round} of {ROUNDS}"));
+        let mut b = load(baseline, conns, Pace::Closed, warmup, slice, request.clone(), progress).await;
+        progress.step(&describe(&mut b));
+        progress.phase(format!("meridian, {conns} conns, round {round} of {ROUNDS}"));
+        let mut m = load(meridian, conns, Pace::Closed, warmup, slice, request.clone(), progress).await;
+        progress.step(&format!("{} ({:.2}x this round)", describe(&mut m), m.throughput() / b.throughput().max(1e-9)));
+        base.absorb(b);
+        ours.absorb(m);
+    }
+    (base, ours)
+}
+
 async fn read(options: &Options) -> ScenarioReport {
     let progress = Progress::default();
     let warmup = Duration::from_secs_f64((options.seconds / 5.0).clamp(0.5, 3.0));
@@ -409,11 +473,6 @@ async fn read(options: &Options) -> ScenarioReport {
     let conns = options.connections;
     let get = Arc::new(|i: u64| http_get(&format!("/v1/docs/bench/{}", i % 1000)));
     let baseline = Baseline::start();
-    progress.phase(format!("baseline, {conns} conns"));
-    let mut base = load(baseline.addr, conns, Pace::Closed, warmup, measure, get.clone(), &progress).await;
-    drop(baseline);
-    progress.step(&describe(&mut base));
-
     let dir = TempDir::new("bench-read");
     let node = single_node(&dir, options);
     let addr = addr_of(&node.url);
@@ -423,13 +482,12 @@ async fn read(options: &Options) -> ScenarioReport {
         let reply = client.put(format!("{}/v1/docs/bench/{i}", node.url)).json(&sample_doc(i)).send().await;
         assert!(reply.is_ok_and(|r| r.status().is_success()), "populating document {i} failed");
     }
-    progress.phase(format!("meridian, {conns} conns"));
-    let mut peak = load(addr, conns, Pace::Closed, warmup, measure, get, &progress).await;
-    progress.step(&describe(&mut peak));
+    let (mut base, mut peak) = interleaved(baseline.addr, addr, conns, warmup, measure, get, &progress).await;
+    drop(baseline);
     ScenarioReport {
         name: "read".into(),
         setup: format!(
-            "GET of 1,000 small documents (~80 bytes of JSON) at one node, {conns} keep-alive connections, {:.0} s measured; baseline: a bare axum handler answering the same JSON. Meridian checks the document's heads against its cached rendering and computes freshness and headers on every read.",
+            "GET of 1,000 small documents (~80 bytes of JSON) at one node, {conns} keep-alive connections, {:.0} s measured in three rounds taken in turn with the baseline's; baseline: a bare axum handler answering the same JSON. Meridian checks the document's heads against its cached rendering and computes freshness and headers on every read.",
             measure.as_secs_f64()
         ),
         figures: vec![
