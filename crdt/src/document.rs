@@ -30,6 +30,8 @@
 //! the *identical* change and their increments add up. That creation change
 //! travels with the write that needed it.
 
+use std::sync::{Arc, Mutex};
+
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
     ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value as AmValue,
@@ -86,15 +88,15 @@ pub struct Document {
     /// The last rendering for reads, keyed by the heads it was made at:
     /// equal heads mean equal content, so it can never be stale, whatever
     /// changed the document in between.
-    rendered: std::sync::Mutex<Option<Rendered>>,
+    rendered: Mutex<Option<Rendered>>,
 }
 
 /// A rendering of the document as reads return it.
 #[derive(Debug)]
 struct Rendered {
     heads: Vec<ChangeHash>,
-    json: Option<Json>,
-    etag: String,
+    body: Option<Arc<[u8]>>,
+    etag: Arc<str>,
 }
 
 impl Default for Document {
@@ -139,18 +141,21 @@ impl Document {
         self.exists().then(|| json::read_object(&self.doc, &self.data, ObjType::Map, None))
     }
 
-    /// [`Document::to_json`] and [`Document::etag`] together, rendered once
-    /// per state: repeated reads of an unchanged document cost a comparison
-    /// of heads instead of a walk through automerge's op set.
-    pub fn rendered(&self) -> (Option<Json>, String) {
+    /// [`Document::to_json`], serialised, and [`Document::etag`] together,
+    /// rendered once per state: repeated reads of an unchanged document cost
+    /// a comparison of heads and two reference counts instead of a walk
+    /// through automerge's op set, a clone of the JSON and its serialisation.
+    pub fn rendered(&self) -> (Option<Arc<[u8]>>, Arc<str>) {
         let heads = self.heads();
         let mut cache = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hit) = cache.as_ref().filter(|r| r.heads == heads) {
-            return (hit.json.clone(), hit.etag.clone());
+            return (hit.body.clone(), hit.etag.clone());
         }
-        let (json, etag) = (self.to_json(), self.etag());
-        *cache = Some(Rendered { heads, json: json.clone(), etag: etag.clone() });
-        (json, etag)
+        let body: Option<Arc<[u8]>> =
+            self.to_json().map(|json| serde_json::to_vec(&json).expect("a JSON value serialises").into());
+        let etag: Arc<str> = self.etag().into();
+        *cache = Some(Rendered { heads, body: body.clone(), etag: etag.clone() });
+        (body, etag)
     }
 
     /// Current heads, sorted, so equal states give equal lists.
@@ -787,22 +792,28 @@ mod tests {
         doc.json_patch(&ops, &meta(seq))
     }
 
+    /// The cached rendering, parsed back, with its ETag.
+    fn rendered(doc: &Document) -> (Option<Json>, String) {
+        let (body, etag) = doc.rendered();
+        (body.map(|b| serde_json::from_slice(&b).unwrap()), etag.to_string())
+    }
+
     #[test]
     fn the_read_cache_follows_every_change() {
         let mut doc = Document::new();
-        assert_eq!(doc.rendered(), (None, doc.etag()));
+        assert_eq!(rendered(&doc), (None, doc.etag()));
         doc.put(json!({"a": 1}).as_object().unwrap(), &meta(1)).unwrap();
-        assert_eq!(doc.rendered(), (Some(json!({"a": 1})), doc.etag()));
-        assert_eq!(doc.rendered(), (Some(json!({"a": 1})), doc.etag()), "a cache hit answers the same");
+        assert_eq!(rendered(&doc), (Some(json!({"a": 1})), doc.etag()));
+        assert_eq!(rendered(&doc), (Some(json!({"a": 1})), doc.etag()), "a cache hit answers the same");
         // A change applied from elsewhere (not through a local edit) is seen too.
         let mut other = Document::load(&doc.save()).unwrap();
         let changes = other
             .merge_patch(&json!({"b": 2}), &ChangeMeta { origin: NodeId(2), seq: 1, hlc: Hlc::new(5, 0) })
             .unwrap();
         doc.apply_changes(changes).unwrap();
-        assert_eq!(doc.rendered(), (Some(json!({"a": 1, "b": 2})), doc.etag()));
+        assert_eq!(rendered(&doc), (Some(json!({"a": 1, "b": 2})), doc.etag()));
         doc.delete(&meta(2)).unwrap();
-        assert_eq!(doc.rendered(), (None, doc.etag()));
+        assert_eq!(rendered(&doc), (None, doc.etag()));
     }
 
     #[test]

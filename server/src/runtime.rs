@@ -626,7 +626,7 @@ impl NodeRuntime {
                 }
             }
         }
-        let (json, etag, last_local, freshness) = {
+        let (body, etag, last_local, freshness) = {
             let mut core = lock(&self.shared);
             let durable = self.durable.borrow().local_seq;
             let freshness = core.freshness(durable);
@@ -640,21 +640,27 @@ impl NodeRuntime {
                 }
             }
             let Some(state) = core.replica.resident(&id).map_err(cold_unavailable)? else {
-                return Ok(DocRead { json: None, etag: String::new(), freshness });
+                return Ok(DocRead { body: None, etag: "".into(), freshness });
             };
-            let (json, etag) = match options.at {
+            let (body, etag) = match options.at {
                 Some(at) => {
                     let heads = state.doc.heads_at(at);
                     let digest = meridian_crdt::document::heads_digest(&heads);
-                    (state.doc.to_json_at(&heads), format!("\"{}\"", hex(&digest[..12])))
+                    let body = state.doc.to_json_at(&heads).map(|json| {
+                        axum::body::Bytes::from(serde_json::to_vec(&json).expect("a JSON value serialises"))
+                    });
+                    (body, format!("\"{}\"", hex(&digest[..12])).into())
                 }
-                None => state.doc.rendered(),
+                None => {
+                    let (body, etag) = state.doc.rendered();
+                    (body.map(axum::body::Bytes::from_owner), etag)
+                }
             };
-            (json, etag, state.last_local_seq, freshness)
+            (body, etag, state.last_local_seq, freshness)
         };
         // The snapshot may hold local changes not yet durable: answer only once they are.
         self.wait_durable(last_local).await?;
-        Ok(DocRead { json, etag, freshness })
+        Ok(DocRead { body, etag, freshness })
     }
 
     /// Waits until the node is admitted to the cluster (see

@@ -25,7 +25,6 @@ use std::time::Duration;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -217,7 +216,10 @@ const EXPOSED_HEADERS: &str =
 /// bearer token, which a browser never attaches by itself (no cookies here,
 /// so no `Access-Control-Allow-Credentials`); the dashboard's controls need
 /// them to cut a link at a region other than the one serving the page.
-pub async fn cors(request: Request, next: Next) -> Response {
+pub async fn cors<F>(request: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: std::future::Future<Output = Response>,
+{
     let has_origin = request.headers().contains_key(header::ORIGIN);
     let preflight = request.method() == Method::OPTIONS
         && has_origin
@@ -243,7 +245,7 @@ pub async fn cors(request: Request, next: Next) -> Response {
     }
     let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
     let is_admin = request.uri().path().starts_with("/v1/admin/");
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     if has_origin && (is_read || is_admin) {
         let out = response.headers_mut();
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod front;
 pub mod limits;
 pub mod metrics;
 pub mod node;

@@ -40,9 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, Method, Uri};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::StreamExt;
@@ -221,10 +220,13 @@ impl Guard {
 
 /// The middleware: authentication, rate limit, body size, load shedding,
 /// timeout and stream accounting, in that order (see the module docs).
-pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
+pub async fn guard<F>(guard: &Guard, mut request: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let access = auth::access(request.method(), request.uri().path());
     if access == Access::Probe {
-        return next.run(request).await;
+        return next(request).await;
     }
     let credential = credential(&mut request);
     let identity = guard.auth.identify(credential.as_deref());
@@ -262,7 +264,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         return guard.refuse(&guard.refusals.overloaded, LimitError::Overloaded { concurrency_max });
     };
     let timeout = guard.limits.request_timeout + asked_wait(&request);
-    let response = match tokio::time::timeout(timeout, next.run(request)).await {
+    let response = match tokio::time::timeout(timeout, next(request)).await {
         Ok(response) => response,
         Err(_) => {
             let after_ms = timeout.as_millis() as u64;

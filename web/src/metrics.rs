@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 
 /// Latency bucket bounds in seconds, from 100 µs to 2.5 s.
@@ -68,22 +67,39 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One route's series, by method (one of [`method_label`]'s) and status.
+type RouteSeries = BTreeMap<(&'static str, u16), Arc<Histogram>>;
+
 /// HTTP request counts and latencies by route template, method and status.
 #[derive(Default, Debug)]
 pub struct HttpMetrics {
-    series: Mutex<BTreeMap<(String, String, u16), Arc<Histogram>>>,
+    /// Keyed by route first so that a request looks its series up by `&str`
+    /// without allocating; methods are [`method_label`]'s fixed set.
+    series: Mutex<BTreeMap<String, RouteSeries>>,
 }
 
 impl HttpMetrics {
-    fn histogram(&self, route: &str, method: &str, status: u16) -> Arc<Histogram> {
+    fn histogram(&self, route: &str, method: &'static str, status: u16) -> Arc<Histogram> {
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series.entry((route.to_string(), method.to_string(), status)).or_default().clone()
+        if !series.contains_key(route) {
+            series.insert(route.to_string(), BTreeMap::new());
+        }
+        let by_route = series.get_mut(route).expect("inserted above");
+        by_route.entry((method, status)).or_default().clone()
     }
 
     /// Renders `meridian_http_requests_total` and `meridian_http_request_duration_seconds`.
     pub fn render(&self, out: &mut String) {
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let label = |(route, method, status): &(String, String, u16)| {
+        let series: Vec<(String, RouteSeries)> = {
+            let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+            series.iter().map(|(route, by)| (route.clone(), by.clone())).collect()
+        };
+        type Key<'a> = (&'a str, &'static str, u16);
+        let series: Vec<(Key, &Arc<Histogram>)> = series
+            .iter()
+            .flat_map(|(route, by)| by.iter().map(move |(&(m, s), h)| ((route.as_str(), m, s), h)))
+            .collect();
+        let label = |(route, method, status): &Key| {
             format!("route=\"{}\",method=\"{}\",status=\"{status}\"", escape_label(route), escape_label(method))
         };
         header(
@@ -108,18 +124,23 @@ impl HttpMetrics {
 }
 
 /// Middleware recording every request's route, method, status and latency.
-pub async fn track(State(metrics): State<Arc<HttpMetrics>>, request: Request, next: Next) -> Response {
+pub async fn track<F>(metrics: &HttpMetrics, request: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: std::future::Future<Output = Response>,
+{
     let start = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
-    let method = method_label(request.method()).to_string();
-    let response = next.run(request).await;
-    metrics.histogram(&route, &method, response.status().as_u16()).observe(start.elapsed());
+    // MatchedPath holds the template in an Arc: cloning it is a count, not a copy.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = method_label(request.method());
+    let response = next(request).await;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics.histogram(route, method, response.status().as_u16()).observe(start.elapsed());
     response
 }
 
 /// The method as a label value. Clients can send any token as a method, and
 /// each would otherwise become a new series; unknown ones share `other`.
-fn method_label(method: &axum::http::Method) -> &'static str {
+pub fn method_label(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *method {
         Method::GET => "GET",

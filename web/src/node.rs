@@ -23,10 +23,11 @@ pub struct WriteAck {
 /// A document as read (or found missing), with how fresh the read is.
 #[derive(Clone, Debug)]
 pub struct DocRead {
-    /// The document's JSON; `None` if it does not exist (as far as this replica knows).
-    pub json: Option<Json>,
+    /// The document's JSON, serialised; `None` if it does not exist (as far
+    /// as this replica knows).
+    pub body: Option<axum::body::Bytes>,
     /// Strong validator of the document's state.
-    pub etag: String,
+    pub etag: std::sync::Arc<str>,
     /// Freshness of the replica that answered.
     pub freshness: Freshness,
 }

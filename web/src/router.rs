@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,7 +20,7 @@ use serde_json::{json, Value as JsonValue};
 
 use crate::api::{ListResponse, WriteResponse, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, TOKEN_HEADER};
 use crate::error::ApiError;
-use crate::metrics::{self, HttpMetrics};
+use crate::metrics::HttpMetrics;
 use crate::node::{FeedEvent, Freshness, Node, ReadOptions, WriteAck};
 
 /// HTTP-level limits.
@@ -92,12 +91,10 @@ pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
         .merge(dashboard)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        // Authentication, rate limit, load shedding, timeouts: one stack for every route (limits.rs).
-        .layer(from_fn_with_state(guard, crate::limits::guard))
-        .layer(from_fn_with_state(http_metrics, metrics::track))
-        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        // Outermost, so preflight requests are answered before routing refuses OPTIONS.
-        .layer(axum::middleware::from_fn(crate::dashboard::cors))
+        // CORS, metrics, then authentication, rate limit, load shedding and timeouts
+        // (limits.rs), as one layer (front.rs). Applied to the fallbacks too, so
+        // preflight requests are answered before routing refuses OPTIONS.
+        .layer(crate::front::FrontLayer::new(guard, http_metrics, config.body_limit_bytes))
         .with_state(state)
 }
 
@@ -324,24 +321,37 @@ fn read_options(params: &HashMap<String, String>, headers: &HeaderMap) -> Result
 }
 
 fn freshness_headers(out: &mut HeaderMap, freshness: &Freshness) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    use std::fmt::Write as _;
+    // Every read answers with these: room for them at once rather than
+    // the map growing (and reallocating) header by header.
+    out.reserve(4);
+    out.insert(header::HeaderName::from_static("meridian-staleness-ms"), HeaderValue::from(freshness.staleness_ms));
+    let mut text = String::with_capacity(96);
+    let mut set = |name: &'static str, text: &str| {
+        if let Ok(value) = HeaderValue::from_str(text) {
             out.insert(header::HeaderName::from_static(name), value);
         }
     };
-    set("meridian-staleness-ms", freshness.staleness_ms.to_string());
-    let regions: Vec<String> = freshness.per_region.iter().map(|(region, ms)| format!("{region}={ms}")).collect();
-    set("meridian-staleness", regions.join(", "));
-    set("meridian-safe-time", freshness.safe_time.to_string());
-    set(TOKEN_HEADER, freshness.token.to_string());
+    for (i, (region, ms)) in freshness.per_region.iter().enumerate() {
+        let _ = write!(text, "{}{region}={ms}", if i == 0 { "" } else { ", " });
+    }
+    set("meridian-staleness", &text);
+    text.clear();
+    let _ = write!(text, "{}", freshness.safe_time);
+    set("meridian-safe-time", &text);
+    text.clear();
+    let _ = write!(text, "{}", freshness.token);
+    set(TOKEN_HEADER, &text);
 }
 
 async fn get_doc<N: Node>(
     State(state): State<AppState<N>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    headers: HeaderMap,
+    // The request itself rather than a `HeaderMap` extractor, which copies every header.
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let headers = request.headers();
     let Path(raw) =
         path.map_err(|rej| ApiError::bad_request("bad-id", format!("invalid document path: {}", rej.body_text())))?;
     let (doc_part, sub) = split_sub_resource(&raw);
@@ -361,14 +371,14 @@ async fn get_doc<N: Node>(
                 .map(|json| Json(json).into_response())
                 .ok_or_else(|| ApiError::doc_not_found(id.as_str()))
         }
-        Some(_) => return events_response(state.node.clone(), EventFilter::Doc(id), &headers).await,
+        Some(_) => return events_response(state.node.clone(), EventFilter::Doc(id), headers).await,
         None => {}
     }
     let Query(params) = query.map_err(|rej| ApiError::bad_request("bad-query", rej.body_text()))?;
-    let options = read_options(&params, &headers)?;
-    let if_none_match = header_text(&headers, header::IF_NONE_MATCH)?;
+    let options = read_options(&params, headers)?;
+    let if_none_match = header_text(headers, header::IF_NONE_MATCH)?;
     let read = state.node.read(id.clone(), options).await?;
-    let Some(json) = read.json else {
+    let Some(body) = read.body else {
         // Missing here, as of this replica's freshness: say how fresh that answer is.
         let mut response = ApiError::doc_not_found(id.as_str()).into_response();
         freshness_headers(response.headers_mut(), &read.freshness);
@@ -377,9 +387,10 @@ async fn get_doc<N: Node>(
     let mut response = if if_none_match.is_some_and(|list| none_match(&list, &read.etag)) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(json).into_response()
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
     };
     let out = response.headers_mut();
+    out.reserve(6);
     if let Ok(value) = HeaderValue::from_str(&read.etag) {
         out.insert(header::ETAG, value);
     }
