@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use meridian_server::{serve, Config, LogFormat, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
+/// glibc's malloc took a quarter of a read's CPU in profiles (short-lived
+/// request and response allocations across threads); mimalloc's per-thread
+/// free lists cut that (figures in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Meridian: multi-region replicated JSON documents that say how fresh they are.
 #[derive(Parser)]
 #[command(name = "meridian", version, about)]
