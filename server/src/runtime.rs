@@ -73,6 +73,11 @@ const CHECKPOINT_PACE: u32 = 6;
 /// checkpoints), steps are not paced: dirty documents stay in memory until
 /// their snapshot is durable, so a growing backlog is a growing heap.
 const DIRTY_BACKLOG_UNPACED: usize = 10_000;
+/// Log records deleted per commit once a checkpoint covers them. The
+/// deletion follows the checkpoint a chunk per commit, in memory and on
+/// disk alike, rather than all at once in its last step: thousands of
+/// deletions in one commit (and under the core lock) were the write tail.
+const TRUNCATE_PER_COMMIT: u64 = 512;
 /// A checkpoint is also forced when this many documents are dirty.
 pub const DIRTY_DOCS_MAX: usize = 50_000;
 /// Feed entries kept for resuming event streams; older ones are dropped at checkpoints.
@@ -344,7 +349,14 @@ impl NodeRuntime {
         // Every stored document starts cold: recovery reads no snapshot.
         replica.restore_cold_all(recovered.index);
         replica.restore_version_vector(&recovered.checkpoint);
-        let dirty: HashSet<DocId> = recovered.log.iter().map(|r| r.doc.clone()).collect();
+        // Records the checkpoint covers (a truncation a crash cut short) are
+        // already in the snapshots: their documents are not dirty.
+        let dirty: HashSet<DocId> = recovered
+            .log
+            .iter()
+            .filter(|r| !recovered.checkpoint.contains(r.meta.origin, r.meta.seq))
+            .map(|r| r.doc.clone())
+            .collect();
         let log_len = recovered.log.len();
         let outcome = replica.apply_records(recovered.log);
         if let Some((origin, seq, err)) = outcome.unloadable.first() {
@@ -412,6 +424,7 @@ impl NodeRuntime {
             checkpoint_interval: config.checkpoint_interval,
             shutdown_requested: false,
             phase: None,
+            truncating: BTreeMap::new(),
         };
         let thread =
             std::thread::Builder::new().name("meridian-storage".into()).spawn(move || worker.run()).map_err(|err| {
@@ -1628,6 +1641,11 @@ struct StorageWorker {
     shutdown_requested: bool,
     /// The checkpoint in progress, if any.
     phase: Option<CheckpointPhase>,
+    /// Log records a durable checkpoint covers and every member holds,
+    /// still to delete: per origin, (deleted up to, delete up to). Each
+    /// commit takes up to [`TRUNCATE_PER_COMMIT`] of them. A crash leaves
+    /// the rest on disk, where recovery sees them as already applied.
+    truncating: BTreeMap<NodeId, (u64, u64)>,
 }
 
 /// A checkpoint in progress: its snapshots go a few per commit, between
@@ -1667,6 +1685,8 @@ impl StorageWorker {
                     .min(Duration::from_millis(200))
                     .max(Duration::from_millis(1))
             };
+            // Truncation left to do goes on between writes, or on its own when none come.
+            let wait = if self.truncating.is_empty() { wait } else { wait.min(Duration::from_millis(5)) };
             let first = match self.rx.recv_timeout(wait) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -1685,6 +1705,7 @@ impl StorageWorker {
                     next = self.rx.try_recv().ok();
                 }
             }
+            let commits_before = self.shared.metrics.storage_commits.load(Ordering::Relaxed);
             if self.commit_received(received).is_err() {
                 return;
             }
@@ -1703,6 +1724,11 @@ impl StorageWorker {
             if step_due && !self.shutdown_requested && self.checkpoint_step().is_err() {
                 return;
             }
+            // Nothing else committed this pass: a commit of its own for the next truncation chunk.
+            let idle = self.shared.metrics.storage_commits.load(Ordering::Relaxed) == commits_before;
+            if idle && !self.truncating.is_empty() && self.commit(Batch::default()).is_err() {
+                return;
+            }
             if self.shutdown_requested {
                 // Finish the checkpoint in progress, then one more for what arrived during it.
                 while self.phase.is_some() {
@@ -1715,6 +1741,11 @@ impl StorageWorker {
                         if self.checkpoint_step().is_err() {
                             return;
                         }
+                    }
+                }
+                while !self.truncating.is_empty() {
+                    if self.commit(Batch::default()).is_err() {
+                        return;
                     }
                 }
                 return;
@@ -1738,6 +1769,10 @@ impl StorageWorker {
     /// Whether the log holds records that the snapshots and every member
     /// already hold (peers' heartbeats may have caught up since the last checkpoint).
     fn log_truncatable(&self) -> bool {
+        if !self.truncating.is_empty() {
+            // Already on its way out, a chunk per commit.
+            return false;
+        }
         let core = lock(&self.shared);
         let log = core.replica.log();
         if log.is_empty() {
@@ -1917,8 +1952,10 @@ impl StorageWorker {
         }
         let local_max = batch.records.iter().filter(|r| r.meta.origin == node).map(|r| r.meta.seq).max();
         let count = batch.records.len() as u64;
+        batch.truncate = self.truncation_chunk();
         match self.store.commit(&batch) {
             Ok(()) => {
+                self.truncated(&batch.truncate);
                 let metrics = &self.shared.metrics;
                 metrics.fsync_latency.observe(started.elapsed());
                 metrics.storage_commits.fetch_add(1, Ordering::Relaxed);
@@ -2054,19 +2091,18 @@ impl StorageWorker {
             checkpoint = Some(vv);
         }
         let records: Vec<ChangeRecord> = received.local.iter().chain(received.remote.iter()).cloned().collect();
-        let batch = Batch {
-            records,
-            snapshots,
-            checkpoint: checkpoint.clone(),
-            truncate: truncate.clone(),
-            ..Batch::default()
-        };
+        let batch = Batch { records, snapshots, checkpoint: checkpoint.clone(), ..Batch::default() };
         self.commit(batch)?;
         self.mark_persisted(persisted);
         {
             let mut core = lock(&self.shared);
-            for &(origin, upto) in &truncate {
-                core.replica.log_mut().truncate(origin, upto);
+            // Only now that the checkpoint is durable may what it covers go.
+            for (origin, upto) in truncate {
+                let Some(first) = core.replica.log().first_seq(origin) else { continue };
+                if first <= upto {
+                    let pending = self.truncating.entry(origin).or_insert((first - 1, upto));
+                    pending.1 = pending.1.max(upto);
+                }
             }
             // The snapshots just written let their documents leave memory.
             core.replica.evict_over_limit();
@@ -2085,6 +2121,39 @@ impl StorageWorker {
             self.install_snapshot(docs, covers)?;
         }
         Ok(())
+    }
+
+    /// The next chunk of [`StorageWorker::truncating`]: up to
+    /// [`TRUNCATE_PER_COMMIT`] sequence numbers, as (origin, delete up to).
+    fn truncation_chunk(&self) -> Vec<(NodeId, u64)> {
+        let mut budget = TRUNCATE_PER_COMMIT;
+        let mut chunk = Vec::new();
+        for (&origin, &(done, target)) in &self.truncating {
+            if budget == 0 {
+                break;
+            }
+            let upto = target.min(done.saturating_add(budget));
+            budget -= upto - done;
+            chunk.push((origin, upto));
+        }
+        chunk
+    }
+
+    /// Deletes from memory what a commit just deleted from disk.
+    fn truncated(&mut self, chunk: &[(NodeId, u64)]) {
+        if chunk.is_empty() {
+            return;
+        }
+        let mut core = lock(&self.shared);
+        for &(origin, upto) in chunk {
+            core.replica.log_mut().truncate(origin, upto);
+            if let Some(pending) = self.truncating.get_mut(&origin) {
+                pending.0 = pending.0.max(upto);
+                if pending.0 >= pending.1 {
+                    self.truncating.remove(&origin);
+                }
+            }
+        }
     }
 
     /// Tells the replica which snapshots are now durable, so the document

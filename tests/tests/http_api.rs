@@ -279,6 +279,41 @@ async fn health_readiness_and_metrics() {
     }
 }
 
+/// A checkpoint's log truncation goes a chunk (512 records) per commit, in
+/// memory and on disk alike, and finishes on its own with no further writes.
+#[tokio::test]
+async fn the_log_is_truncated_in_chunks_after_a_checkpoint() {
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new("truncate");
+    let node = InProcessNode::open_with(dir.path(), |c| c.checkpoint_interval = Duration::from_millis(100));
+    const WRITES: i64 = 1300;
+    for i in 0..WRITES {
+        let reply = node.request("PUT", &format!("/v1/docs/t{}", i % 3), &[JSON], format!(r#"{{"i":{i}}}"#)).await;
+        assert!(reply.status.is_success(), "{}", reply.text);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = node.request("GET", "/metrics", &[], "").await.text;
+        if metrics.lines().any(|l| l == "meridian_log_entries 0") {
+            break;
+        }
+        let log: Vec<&str> = metrics.lines().filter(|l| l.starts_with("meridian_log")).collect();
+        assert!(Instant::now() < deadline, "the log was not truncated within 30 s: {log:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.shutdown();
+    drop(node);
+    let (store, recovered) = meridian_server::storage::Store::open(dir.path(), "local").expect("reopen the store");
+    assert!(recovered.log.is_empty(), "{} log records left on disk", recovered.log.len());
+    drop(store);
+    let node = InProcessNode::open(dir.path());
+    for d in 0..3 {
+        let last = (0..WRITES).filter(|i| i % 3 == d).max().unwrap();
+        let reply = node.request("GET", &format!("/v1/docs/t{d}"), &[], "").await;
+        assert_eq!(reply.json, json!({ "i": last }), "t{d}");
+    }
+}
+
 #[tokio::test]
 async fn acknowledged_writes_survive_a_restart_with_checkpoints() {
     let dir = TempDir::new("restart");
