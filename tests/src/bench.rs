@@ -54,6 +54,12 @@ pub struct LoadResult {
     pub latencies_us: Vec<u32>,
     /// Wall time of the measured phase.
     pub elapsed: Duration,
+    /// Paced phases only: how late each request was sent after its
+    /// scheduled time, in microseconds. Latency counts from the schedule
+    /// (so a slow answer delays the requests behind it on its connection,
+    /// as it would a real client's); this says how much of that is queueing
+    /// on the connection or a starved load generator rather than the server.
+    pub late_us: Vec<u32>,
 }
 
 impl LoadResult {
@@ -75,6 +81,7 @@ impl LoadResult {
             self.first_error = other.first_error;
         }
         self.latencies_us.extend(other.latencies_us);
+        self.late_us.extend(other.late_us);
         self.elapsed += other.elapsed;
     }
 }
@@ -148,6 +155,7 @@ pub async fn load(
                 if sent_at >= end {
                     break;
                 }
+                let late = interval.map(|_| Instant::now().saturating_duration_since(sent_at));
                 let i = counter.fetch_add(1, Ordering::Relaxed);
                 let bytes = request(i);
                 let outcome = exchange(&mut conn, addr, &bytes, &mut buf).await;
@@ -157,6 +165,9 @@ pub async fn load(
                     match outcome {
                         Ok(status) if (200..300).contains(&status) => {
                             result.ok += 1;
+                            if let Some(late) = late {
+                                result.late_us.push(late.as_micros().min(u32::MAX as u128) as u32);
+                            }
                             result
                                 .latencies_us
                                 .push(done.duration_since(sent_at).as_micros().min(u32::MAX as u128) as u32);
@@ -190,6 +201,7 @@ pub async fn load(
             total.first_error = r.first_error;
         }
         total.latencies_us.extend(r.latencies_us);
+        total.late_us.extend(r.late_us);
     }
     ticker.abort();
     progress.finish();
