@@ -2100,7 +2100,7 @@ impl StorageWorker {
             for (origin, upto) in truncate {
                 let Some(first) = core.replica.log().first_seq(origin) else { continue };
                 if first <= upto {
-                    let pending = self.truncating.entry(origin).or_insert((first - 1, upto));
+                    let pending = self.truncating.entry(origin).or_insert((first.saturating_sub(1), upto));
                     pending.1 = pending.1.max(upto);
                 }
             }
