@@ -386,6 +386,7 @@ impl NodeRuntime {
         clock.observe(&recovered.hlc_lease.inner());
         let local_seq = replica.last_seq();
         let max_clock_offset = config.replication.as_ref().map_or(Duration::from_millis(500), |r| r.max_clock_offset);
+        let node = replica.node();
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 replica,
@@ -412,6 +413,7 @@ impl NodeRuntime {
         let (storage_tx, storage_rx) = mpsc::channel();
         let worker = StorageWorker {
             store,
+            node,
             rx: storage_rx,
             durable: durable_tx,
             shared: shared.clone(),
@@ -1626,6 +1628,8 @@ impl Host for ReplicationHost {
 /// The storage thread's state.
 struct StorageWorker {
     store: Store,
+    /// This node's id, kept here so a commit needs no core lock to know it.
+    node: NodeId,
     rx: mpsc::Receiver<StorageMsg>,
     durable: watch::Sender<Durable>,
     shared: Arc<Shared>,
@@ -1925,9 +1929,13 @@ impl StorageWorker {
     /// the node failed (every later request gets 503).
     fn commit(&mut self, mut batch: Batch) -> Result<(), ()> {
         let started = Instant::now();
-        let node = lock(&self.shared).replica.node();
-        // Several peers may deliver the same remote record at once: store and feed it once.
-        {
+        let node = self.node;
+        // Several peers may deliver the same remote record at once: store and
+        // feed it once. Local records never repeat, so a batch of only local
+        // records needs no core lock here: writers hold that lock most of the
+        // time at high load, and every wait on it before the commit is a wait
+        // for every write in the batch.
+        if batch.records.iter().any(|r| r.meta.origin != node) {
             let core = lock(&self.shared);
             let vv = core.replica.version_vector();
             let mut seen = HashSet::new();
@@ -1955,7 +1963,6 @@ impl StorageWorker {
         batch.truncate = self.truncation_chunk();
         match self.store.commit(&batch) {
             Ok(()) => {
-                self.truncated(&batch.truncate);
                 let metrics = &self.shared.metrics;
                 metrics.fsync_latency.observe(started.elapsed());
                 metrics.storage_commits.fetch_add(1, Ordering::Relaxed);
@@ -1964,6 +1971,13 @@ impl StorageWorker {
                     self.committed_local_seq = self.committed_local_seq.max(seq);
                 }
                 let local_seq = self.committed_local_seq;
+                // Acknowledge first, then update the core's bookkeeping: the
+                // writers wait on this, and the core lock can take
+                // milliseconds to get while they hold it in turn. Until the
+                // bookkeeping below catches up, the closed timestamp is the
+                // one from before this commit, which is still true.
+                self.durable.send_modify(|d| d.local_seq = local_seq);
+                self.truncated(&batch.truncate);
                 if local_max.is_some() {
                     let mut core = lock(&self.shared);
                     core.durable_seq = core.durable_seq.max(local_seq);
@@ -1971,7 +1985,6 @@ impl StorageWorker {
                         core.in_flight.pop_front();
                     }
                 }
-                self.durable.send_modify(|d| d.local_seq = local_seq);
                 self.publish_feed(&batch.feed);
                 Ok(())
             }
@@ -1988,13 +2001,33 @@ impl StorageWorker {
     /// Tells event streams about committed changes.
     fn publish_feed(&self, feed: &[(u64, FeedEntry)]) {
         let Some(&(last, _)) = feed.last() else { return };
-        let core = lock(&self.shared);
-        for (index, entry) in feed {
-            let region = core.region_of(entry.origin, &self.shared.region);
-            let _ = self.shared.feed.send(feed_event(*index, entry, region));
+        if self.shared.feed.receiver_count() > 0 {
+            // Only others' changes need the membership (and so the core lock)
+            // for their region; a node taking writes holds that lock in turn.
+            let core = feed.iter().any(|(_, e)| e.origin != self.node).then(|| lock(&self.shared));
+            for (index, entry) in feed {
+                let region = match &core {
+                    Some(core) => core.region_of(entry.origin, &self.shared.region),
+                    None => self.shared.region.clone(),
+                };
+                let _ = self.shared.feed.send(feed_event(*index, entry, region));
+            }
         }
-        drop(core);
         self.shared.feed_head.store(last, Ordering::Release);
+    }
+
+    /// Commits (and publishes) whatever is already queued, without waiting
+    /// for more.
+    fn commit_waiting(&mut self) -> Result<(), ()> {
+        let mut received = Received::default();
+        let mut bytes = 0;
+        while received.local.len() + received.remote.len() < BATCH_RECORDS_MAX && bytes < BATCH_BYTES_MAX {
+            match self.rx.try_recv() {
+                Ok(msg) => bytes += self.take(msg, &mut received),
+                Err(_) => break,
+            }
+        }
+        self.commit_received(received)
     }
 
     /// Receives every local record up to `ticket` (and whatever else arrives meanwhile).
@@ -2051,19 +2084,29 @@ impl StorageWorker {
         let chunk: Vec<DocId> = phase.todo.split_off(phase.todo.len().saturating_sub(phase.per_step));
         let last = phase.todo.is_empty();
         let mut saved = Vec::with_capacity(chunk.len());
-        let saving = Instant::now();
+        let mut saving = Duration::ZERO;
         for id in chunk {
             // One document per lock hold, so writers are never stalled for long.
             // A cold document is not dirty in memory: its stored snapshot is current.
-            if let Some(snapshot) = lock(&self.shared).replica.snapshot_of(&id) {
+            let started = Instant::now();
+            let snapshot = lock(&self.shared).replica.snapshot_of(&id);
+            saving += started.elapsed();
+            if let Some(snapshot) = snapshot {
                 saved.push((id, snapshot));
             }
+            // Writes queued meanwhile commit now, not after the whole step:
+            // a step's saves take milliseconds, and every write behind them
+            // would wait that long (the write tail at 70% load). Records
+            // committed here are durable before this step's snapshots, which
+            // the invariant allows.
+            self.commit_waiting()?;
         }
+        let Some(phase) = self.phase.as_mut() else { return Ok(()) };
         phase.snapshots += saved.len();
-        // Pace on the saving (CPU), not on the commit (mostly waiting for fsync).
+        // Pace on the saving (CPU), not on the commits (mostly waiting for fsync).
         let backlog = phase.todo.len() + self.dirty.len();
         let pace = if backlog > DIRTY_BACKLOG_UNPACED { 0 } else { CHECKPOINT_PACE };
-        phase.next_step_at = Instant::now() + saving.elapsed() * pace;
+        phase.next_step_at = Instant::now() + saving * pace;
         let (snapshots, persisted) = split_snapshots(saved);
         let mut received = Received::default();
         let ticket_after = lock(&self.shared).tickets_sent;

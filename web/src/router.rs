@@ -690,7 +690,10 @@ async fn events_response<N: Node>(
         live,
         last: last_event_id.map_or(head, |id| id.min(head)),
         backlog: Default::default(),
-        catching_up: last_event_id.is_some(),
+        // Always look on disk first: the node skips the live broadcast while
+        // nobody listens, and `head` may trail what is already committed, so
+        // events committed just before this subscription are read, not missed.
+        catching_up: true,
         filter,
         announced_gap: false,
         stopping,
