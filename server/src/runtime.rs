@@ -39,7 +39,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hybrid_clocks::{Clock, WallNS};
-use meridian_crdt::{ChangeRecord, DocId, Document, Hlc, NodeId, Replica, Token, VersionVector, WriteOp};
+use meridian_crdt::{ChangeRecord, DocId, Document, Hlc, NodeId, Replica, Token, VersionVector, WriteOp, WriteReceipt};
 use meridian_gossip::driver::{self, Clocks, DriverConfig, DriverHandle, Host};
 use meridian_gossip::freshness::{local_closed, safe_time};
 use meridian_gossip::link::{LinkEmulator, LinkFault};
@@ -257,6 +257,70 @@ struct Shared {
     /// Peers whose clocks run ahead by more than the limit, with their offset in ms.
     clock_flags: Mutex<BTreeMap<NodeId, i64>>,
     max_clock_offset: Duration,
+    /// To the storage thread; taken (closed) at shutdown, so later sends fail.
+    storage_tx: Mutex<Option<mpsc::Sender<StorageMsg>>>,
+}
+
+impl Shared {
+    fn send_storage(&self, msg: StorageMsg) -> bool {
+        self.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|tx| tx.send(msg).is_ok())
+    }
+}
+
+/// A local write for the writer thread, answered on `reply`.
+struct WriteJob {
+    id: DocId,
+    op: WriteOp,
+    if_match: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<WriteReceipt, NodeError>>,
+}
+
+/// The writer thread: applies local writes one at a time under the core
+/// lock, off the async workers. A write's automerge work holds that lock for
+/// 100-200 us; done on an async worker, a second write blocked the other
+/// worker too, and every request on both (parsing, responses, reads) waited
+/// behind them. Ends when the runtime (the only sender) is dropped.
+fn writer_loop(shared: Arc<Shared>, jobs: mpsc::Receiver<WriteJob>) {
+    while let Ok(job) = jobs.recv() {
+        // A panic (a bug) fails this write, not every later one.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            apply_local_write(&shared, &job.id, &job.op, job.if_match.as_deref())
+        }));
+        let result = applied.unwrap_or_else(|_| {
+            tracing::error!(doc = %job.id, "a local write panicked; it was not acknowledged");
+            Err(NodeError::Unavailable("the write failed inside the node (see its log); retry".into()))
+        });
+        // The request may have gone (client disconnected): the write stands regardless.
+        let _ = job.reply.send(result);
+    }
+}
+
+/// Applies one local write and hands its record to the storage thread, all
+/// under the core lock: the HLC and sequence number are taken together (the
+/// closed timestamp relies on it) and records reach storage in sequence order.
+fn apply_local_write(
+    shared: &Shared,
+    id: &DocId,
+    op: &WriteOp,
+    if_match: Option<&str>,
+) -> Result<WriteReceipt, NodeError> {
+    let mut core = lock(shared);
+    let hlc: Hlc =
+        core.clock.now().map_err(|err| NodeError::Unavailable(format!("cannot read the clock: {err}")))?.into();
+    let before = core.applied_prefixes();
+    let receipt = core.replica.local_write(id, op, hlc, if_match)?;
+    // The replica may have stamped a later HLC (causality within the
+    // document); the clock must never issue one below it.
+    core.clock.observe(&receipt.record.meta.hlc.inner());
+    core.in_flight.push_back((receipt.record.meta.seq, receipt.record.meta.hlc));
+    core.note_applied(&before);
+    core.tickets_sent += 1;
+    let ticket = core.tickets_sent;
+    // Sent under the lock, so the storage thread sees records in sequence order.
+    if !shared.send_storage(StorageMsg::Append { ticket, record: receipt.record.clone() }) {
+        return Err(NodeError::Unavailable("the node is shutting down".into()));
+    }
+    Ok(receipt)
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
@@ -319,12 +383,22 @@ pub enum ReplicationError {
     },
 }
 
-/// A running node: replica, clock, storage thread, replication.
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        // The storage channel's sender lives in `Shared`, which the threads
+        // also hold: close it here, so a runtime dropped without `shutdown`
+        // still ends its storage thread (after a final checkpoint).
+        self.shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// A running node: replica, clock, storage thread, writer thread, replication.
 pub struct NodeRuntime {
     node_id: NodeId,
     region: String,
     shared: Arc<Shared>,
-    storage_tx: Mutex<Option<mpsc::Sender<StorageMsg>>>,
+    /// Local writes go to the writer thread (see [`writer_loop`]).
+    writer_tx: mpsc::SyncSender<WriteJob>,
     durable: watch::Receiver<Durable>,
     storage_thread: Mutex<Option<JoinHandle<()>>>,
     write_slots: Semaphore,
@@ -387,6 +461,7 @@ impl NodeRuntime {
         let local_seq = replica.last_seq();
         let max_clock_offset = config.replication.as_ref().map_or(Duration::from_millis(500), |r| r.max_clock_offset);
         let node = replica.node();
+        let (storage_tx, storage_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 replica,
@@ -406,11 +481,11 @@ impl NodeRuntime {
             wake: OnceLock::new(),
             clock_flags: Mutex::new(BTreeMap::new()),
             max_clock_offset,
+            storage_tx: Mutex::new(Some(storage_tx)),
         });
         shared.metrics.recovery_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let (durable_tx, durable_rx) = watch::channel(Durable { local_seq, failed: None });
         let feed_reader = store.feed_reader();
-        let (storage_tx, storage_rx) = mpsc::channel();
         let worker = StorageWorker {
             store,
             node,
@@ -435,6 +510,19 @@ impl NodeRuntime {
                     detail: format!("starting the storage thread: {err}"),
                 }
             })?;
+        let (writer_tx, writer_rx) = mpsc::sync_channel(WRITES_IN_FLIGHT_MAX);
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("meridian-writer".into())
+            .spawn(move || writer_loop(writer_shared, writer_rx));
+        if let Err(err) = writer {
+            shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let _ = thread.join();
+            return Err(StorageError::Io {
+                path: config.data_dir.clone(),
+                detail: format!("starting the writer thread: {err}"),
+            });
+        }
         tracing::info!(
             node_id = %recovered.node_id,
             region = %config.region,
@@ -446,7 +534,7 @@ impl NodeRuntime {
             node_id: recovered.node_id,
             region: config.region.clone(),
             shared,
-            storage_tx: Mutex::new(Some(storage_tx)),
+            writer_tx,
             durable: durable_rx,
             storage_thread: Mutex::new(Some(thread)),
             write_slots: Semaphore::new(WRITES_IN_FLIGHT_MAX),
@@ -526,7 +614,7 @@ impl NodeRuntime {
     /// writing a final checkpoint. Blocks until done.
     pub fn shutdown(&self) {
         self.stopping.send_replace(true);
-        if let Some(tx) = self.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(tx) = self.shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(StorageMsg::Shutdown);
         }
         if let Some(thread) = self.storage_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -535,7 +623,7 @@ impl NodeRuntime {
     }
 
     fn send_storage(&self, msg: StorageMsg) -> bool {
-        self.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|tx| tx.send(msg).is_ok())
+        self.shared.send_storage(msg)
     }
 
     fn unavailable(&self) -> Option<NodeError> {
@@ -573,25 +661,20 @@ impl NodeRuntime {
             ))
         })?;
         let started = Instant::now();
-        let receipt = {
-            let mut core = lock(&self.shared);
-            let hlc: Hlc =
-                core.clock.now().map_err(|err| NodeError::Unavailable(format!("cannot read the clock: {err}")))?.into();
-            let before = core.applied_prefixes();
-            let receipt = core.replica.local_write(&id, &op, hlc, if_match.as_deref())?;
-            // The replica may have stamped a later HLC (causality within the
-            // document); the clock must never issue one below it.
-            core.clock.observe(&receipt.record.meta.hlc.inner());
-            core.in_flight.push_back((receipt.record.meta.seq, receipt.record.meta.hlc));
-            core.note_applied(&before);
-            core.tickets_sent += 1;
-            let ticket = core.tickets_sent;
-            // Sent under the lock, so the storage thread sees records in sequence order.
-            if !self.send_storage(StorageMsg::Append { ticket, record: receipt.record.clone() }) {
-                return Err(NodeError::Unavailable("the node is shutting down".into()));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match self.writer_tx.try_send(WriteJob { id: id.clone(), op, if_match, reply }) {
+            Ok(()) => {}
+            // Only reachable when requests that queued a write went away before it ran.
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(NodeError::Unavailable(format!(
+                    "more than {WRITES_IN_FLIGHT_MAX} writes are queued; retry shortly"
+                )))
             }
-            receipt
-        };
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(NodeError::Unavailable("the node is shutting down".into()))
+            }
+        }
+        let receipt = answer.await.map_err(|_| NodeError::Unavailable("the node is shutting down".into()))??;
         let meta = receipt.record.meta;
         self.wait_durable(meta.seq).await?;
         self.shared.metrics.write_latency.observe(started.elapsed());
