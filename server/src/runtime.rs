@@ -385,9 +385,12 @@ pub enum ReplicationError {
 
 impl Drop for NodeRuntime {
     fn drop(&mut self) {
-        // The storage channel's sender lives in `Shared`, which the threads
-        // also hold: close it here, so a runtime dropped without `shutdown`
-        // still ends its storage thread (after a final checkpoint).
+        // The writer thread holds the shared state (and through the replica's
+        // cold store, the database): end it before the runtime is gone. The
+        // storage channel's sender lives in `Shared`, which the threads also
+        // hold: close it, so a runtime dropped without `shutdown` still ends
+        // its storage thread (after a final checkpoint).
+        self.stop_writer();
         self.shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
@@ -397,8 +400,11 @@ pub struct NodeRuntime {
     node_id: NodeId,
     region: String,
     shared: Arc<Shared>,
-    /// Local writes go to the writer thread (see [`writer_loop`]).
-    writer_tx: mpsc::SyncSender<WriteJob>,
+    /// Local writes go to the writer thread (see [`writer_loop`]); taken
+    /// (closed) at shutdown.
+    writer_tx: Mutex<Option<mpsc::SyncSender<WriteJob>>>,
+    /// Joined at shutdown: it holds the shared state, and with it the store.
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
     durable: watch::Receiver<Durable>,
     storage_thread: Mutex<Option<JoinHandle<()>>>,
     write_slots: Semaphore,
@@ -515,14 +521,17 @@ impl NodeRuntime {
         let writer = std::thread::Builder::new()
             .name("meridian-writer".into())
             .spawn(move || writer_loop(writer_shared, writer_rx));
-        if let Err(err) = writer {
-            shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let _ = thread.join();
-            return Err(StorageError::Io {
-                path: config.data_dir.clone(),
-                detail: format!("starting the writer thread: {err}"),
-            });
-        }
+        let writer = match writer {
+            Ok(writer) => writer,
+            Err(err) => {
+                shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let _ = thread.join();
+                return Err(StorageError::Io {
+                    path: config.data_dir.clone(),
+                    detail: format!("starting the writer thread: {err}"),
+                });
+            }
+        };
         tracing::info!(
             node_id = %recovered.node_id,
             region = %config.region,
@@ -534,7 +543,8 @@ impl NodeRuntime {
             node_id: recovered.node_id,
             region: config.region.clone(),
             shared,
-            writer_tx,
+            writer_tx: Mutex::new(Some(writer_tx)),
+            writer_thread: Mutex::new(Some(writer)),
             durable: durable_rx,
             storage_thread: Mutex::new(Some(thread)),
             write_slots: Semaphore::new(WRITES_IN_FLIGHT_MAX),
@@ -614,6 +624,8 @@ impl NodeRuntime {
     /// writing a final checkpoint. Blocks until done.
     pub fn shutdown(&self) {
         self.stopping.send_replace(true);
+        // Writes already queued still apply and reach storage before it stops.
+        self.stop_writer();
         if let Some(tx) = self.shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(StorageMsg::Shutdown);
         }
@@ -624,6 +636,14 @@ impl NodeRuntime {
 
     fn send_storage(&self, msg: StorageMsg) -> bool {
         self.shared.send_storage(msg)
+    }
+
+    /// Closes the writer's queue and waits for it to apply what is queued.
+    fn stop_writer(&self) {
+        self.writer_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
     }
 
     fn unavailable(&self) -> Option<NodeError> {
@@ -662,7 +682,12 @@ impl NodeRuntime {
         })?;
         let started = Instant::now();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        match self.writer_tx.try_send(WriteJob { id: id.clone(), op, if_match, reply }) {
+        let job = WriteJob { id: id.clone(), op, if_match, reply };
+        let sent = match self.writer_tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(writer) => writer.try_send(job),
+            None => Err(mpsc::TrySendError::Disconnected(job)),
+        };
+        match sent {
             Ok(()) => {}
             // Only reachable when requests that queued a write went away before it ran.
             Err(mpsc::TrySendError::Full(_)) => {
