@@ -962,6 +962,9 @@ fn run_load(regions: &[String], rate: u32, stop: Arc<AtomicBool>, stopping: Arc<
                     Ok(reply) if reply.status < 300 => {
                         stats.writes.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Ctrl-C reaches the regions as it reaches the demo: writes
+                    // in flight while they stop are not failures to report.
+                    _ if stopping.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) => break,
                     other => {
                         // Say why, once per kind of failure, so a person can act on it.
                         let reason = match &other {
