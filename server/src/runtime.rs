@@ -265,6 +265,13 @@ impl Shared {
     fn send_storage(&self, msg: StorageMsg) -> bool {
         self.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|tx| tx.send(msg).is_ok())
     }
+
+    /// Takes the storage channel's only sender: every later send fails, and
+    /// once the returned sender is dropped the storage thread sees the
+    /// channel closed (it finishes a checkpoint and ends).
+    fn close_storage(&self) -> Option<mpsc::Sender<StorageMsg>> {
+        self.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// A local write for the writer thread, answered on `reply`.
@@ -391,7 +398,7 @@ impl Drop for NodeRuntime {
         // hold: close it, so a runtime dropped without `shutdown` still ends
         // its storage thread (after a final checkpoint).
         self.stop_writer();
-        self.shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.shared.close_storage();
     }
 }
 
@@ -524,7 +531,7 @@ impl NodeRuntime {
         let writer = match writer {
             Ok(writer) => writer,
             Err(err) => {
-                shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+                shared.close_storage();
                 let _ = thread.join();
                 return Err(StorageError::Io {
                     path: config.data_dir.clone(),
@@ -626,16 +633,12 @@ impl NodeRuntime {
         self.stopping.send_replace(true);
         // Writes already queued still apply and reach storage before it stops.
         self.stop_writer();
-        if let Some(tx) = self.shared.storage_tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(tx) = self.shared.close_storage() {
             let _ = tx.send(StorageMsg::Shutdown);
         }
         if let Some(thread) = self.storage_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();
         }
-    }
-
-    fn send_storage(&self, msg: StorageMsg) -> bool {
-        self.shared.send_storage(msg)
     }
 
     /// Closes the writer's queue and waits for it to apply what is queued.
@@ -1702,10 +1705,10 @@ impl Host for ReplicationHost {
                     return;
                 }
                 metrics.remote_in_flight.fetch_add(count, Ordering::Relaxed);
-                runtime.send_storage(StorageMsg::Remote(fresh));
+                runtime.shared.send_storage(StorageMsg::Remote(fresh));
             }
             Event::Snapshot { docs, covers, .. } => {
-                runtime.send_storage(StorageMsg::Snapshot { docs, covers });
+                runtime.shared.send_storage(StorageMsg::Snapshot { docs, covers });
             }
             Event::PeerClock { node, hlc, offset_ms } => {
                 let limit = self.shared.max_clock_offset.as_millis() as i64;
