@@ -30,6 +30,7 @@
 //! the *identical* change and their increments add up. That creation change
 //! travels with the write that needed it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use automerge::transaction::{CommitOptions, Transactable};
@@ -89,6 +90,22 @@ pub struct Document {
     /// equal heads mean equal content, so it can never be stale, whatever
     /// changed the document in between.
     rendered: Mutex<Option<Rendered>>,
+    /// Remote changes waiting for a dependency. Meridian holds them itself
+    /// rather than in automerge's queue, so that automerge only ever sees
+    /// changes that are ready and checked (see [`Document::apply_changes`]).
+    held: Vec<Change>,
+    /// The actors with a change in the document, built on first need (it
+    /// costs a walk over the history) and kept up to date after that.
+    actors: Option<HashSet<ActorId>>,
+}
+
+/// A remote change [`Document::apply_changes`] refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedChange {
+    /// The refused change.
+    pub hash: ChangeHash,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// A rendering of the document as reads return it.
@@ -113,7 +130,11 @@ impl Document {
         let mut tx = doc.transaction();
         let data = tx.put_object(ROOT, DATA_KEY, ObjType::Map).expect("genesis put on an empty document");
         tx.commit_with(CommitOptions::default().with_message(GENESIS_MESSAGE).with_time(0));
-        Document { doc, data, rendered: Default::default() }
+        Document::wrap(doc, data)
+    }
+
+    fn wrap(doc: Automerge, data: ObjId) -> Document {
+        Document { doc, data, rendered: Default::default(), held: Vec::new(), actors: None }
     }
 
     /// Loads a document saved by [`Document::save`].
@@ -123,7 +144,7 @@ impl Document {
             Ok(Some((AmValue::Object(ObjType::Map), id))) => id,
             _ => return Err(DocumentError::Corrupt("no data map: not a Meridian document".into())),
         };
-        Ok(Document { doc, data, rendered: Default::default() })
+        Ok(Document::wrap(doc, data))
     }
 
     /// The compact encoding of the whole document.
@@ -183,11 +204,89 @@ impl Document {
     }
 
     /// Applies remote changes in one batch (one call: automerge's cost is per
-    /// call, proportional to history). Already-held changes are ignored;
-    /// changes whose dependencies are missing are held back by automerge.
-    pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<(), DocumentError> {
-        self.doc.apply_changes(changes)?;
-        Ok(())
+    /// call, proportional to history). Changes already in the document are
+    /// ignored; changes whose dependencies are missing are held back here
+    /// until they arrive.
+    ///
+    /// Automerge is handed only the changes that are ready (every dependency
+    /// present), and only once each of them passes the check automerge 0.12
+    /// does not make itself: every actor a change names (its own, and those
+    /// of the operations it references) must already have a change in the
+    /// document or be introduced by a first change (sequence number 1) in
+    /// the same ready set. Automerge registers only those, and a change
+    /// naming any other actor panics inside it (`lookup_actor(..).unwrap()`),
+    /// which a peer could otherwise do to a node at will. A change that fails
+    /// is refused and returned; changes that depend on it stay held, as if it
+    /// had never arrived. `Err` is automerge's own refusal of the batch (a
+    /// reused sequence number, for one) and leaves the document as it was.
+    pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<Vec<RefusedChange>, DocumentError> {
+        let mut pool: Vec<Change> = Vec::with_capacity(self.held.len() + changes.len());
+        let mut seen = HashSet::with_capacity(pool.capacity());
+        for change in self.held.iter().cloned().chain(changes) {
+            let hash = change.hash();
+            if seen.insert(hash) && !self.has_change(&hash) {
+                pool.push(change);
+            }
+        }
+        if pool.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut refused = Vec::new();
+        let (ready, held) = loop {
+            let (ready, held) = split_ready(pool, |hash| self.has_change(hash));
+            let introduced: HashSet<ActorId> =
+                ready.iter().filter(|c| c.seq() == 1).map(|c| c.actor_id().clone()).collect();
+            let mut bad = Vec::new();
+            for (i, change) in ready.iter().enumerate() {
+                if let Some(actor) = change.actors().find(|a| !introduced.contains(*a) && !self.knows_actor(a)) {
+                    let reason = format!(
+                        "change {} (actor {}, seq {}) names actor {actor}, which has no change in the document \
+                         and no first change in this batch",
+                        change.hash(),
+                        change.actor_id(),
+                        change.seq()
+                    );
+                    bad.push(i);
+                    refused.push(RefusedChange { hash: change.hash(), reason });
+                }
+            }
+            if bad.is_empty() {
+                break (ready, held);
+            }
+            // Without the refused changes, their dependents are not ready
+            // and a refused first change introduces nobody: split again.
+            pool =
+                ready.into_iter().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, c)| c).chain(held).collect();
+        };
+        if !ready.is_empty() {
+            let actors: Vec<ActorId> = ready.iter().map(|c| c.actor_id().clone()).collect();
+            self.doc.apply_changes(ready)?;
+            for actor in actors {
+                self.note_actor(actor);
+            }
+        }
+        self.held = held;
+        Ok(refused)
+    }
+
+    /// Whether `actor` has a change in the document.
+    fn knows_actor(&mut self, actor: &ActorId) -> bool {
+        let doc = &self.doc;
+        self.actors
+            .get_or_insert_with(|| doc.get_changes_meta(&[]).into_iter().map(|m| m.actor.into_owned()).collect())
+            .contains(actor)
+    }
+
+    /// Keeps the actor set (once built) up to date after a change by `actor`.
+    fn note_actor(&mut self, actor: ActorId) {
+        if let Some(actors) = self.actors.as_mut() {
+            actors.insert(actor);
+        }
+    }
+
+    /// Number of remote changes held back for a missing dependency.
+    pub fn held_count(&self) -> usize {
+        self.held.len()
     }
 
     /// The document as of `heads`, or `None` if it did not exist then.
@@ -318,12 +417,29 @@ impl Document {
     /// Merges another replica's copy of this document into this one.
     pub fn merge(&mut self, other: &mut Document) -> Result<(), DocumentError> {
         self.doc.merge(&mut other.doc)?;
+        // The merge brought actors the set does not know; rebuilt on next need.
+        self.actors = None;
+        if !self.held.is_empty() {
+            // The merged state may hold what held changes were waiting for.
+            // One refused now is dropped: its record stays received but not
+            // applied, as a record whose dependency never arrives does.
+            self.apply_changes(Vec::new())?;
+        }
         Ok(())
     }
 
     /// Hashes of dependencies that are referenced but missing (changes held back).
     pub fn missing_deps(&self) -> Vec<ChangeHash> {
-        self.doc.get_missing_deps(&[])
+        let held: HashSet<ChangeHash> = self.held.iter().map(Change::hash).collect();
+        let mut missing: Vec<ChangeHash> = self
+            .held
+            .iter()
+            .flat_map(|c| c.deps().iter().copied())
+            .filter(|d| !held.contains(d) && !self.has_change(d))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
     }
 
     /// Replaces the document's content with `object` (PUT).
@@ -425,6 +541,7 @@ impl Document {
         let (hash, _) = tx.commit_with(options);
         let hash = hash.expect("a transaction that wrote `live` has at least one op");
         let change = self.doc.get_change_by_hash(&hash).expect("just committed");
+        self.note_actor(change.actor_id().clone());
         prelude.push(change);
         Ok(prelude)
     }
@@ -448,8 +565,45 @@ impl Document {
         }
         let change = fork.get_change_by_hash(&hash).expect("just committed");
         self.doc.apply_changes([change.clone()])?;
+        self.note_actor(change.actor_id().clone());
         Ok(Some(change))
     }
+}
+
+/// Splits `pool` into the changes whose dependencies are all present (in
+/// the document, as `present` tells, or ready themselves) and the rest,
+/// in their original order. Kahn's algorithm: linear in the pool and its
+/// dependency edges whatever order the changes came in.
+fn split_ready(pool: Vec<Change>, present: impl Fn(&ChangeHash) -> bool) -> (Vec<Change>, Vec<Change>) {
+    let index: HashMap<ChangeHash, usize> = pool.iter().enumerate().map(|(i, c)| (c.hash(), i)).collect();
+    let mut waiting = vec![0usize; pool.len()];
+    let mut blocked = vec![false; pool.len()];
+    let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, change) in pool.iter().enumerate() {
+        for dep in change.deps() {
+            match index.get(dep) {
+                Some(&j) => {
+                    waiting[i] += 1;
+                    dependents.entry(j).or_default().push(i);
+                }
+                None if present(dep) => {}
+                None => blocked[i] = true,
+            }
+        }
+    }
+    let mut ready = vec![false; pool.len()];
+    let mut queue: Vec<usize> = (0..pool.len()).filter(|&i| waiting[i] == 0 && !blocked[i]).collect();
+    while let Some(i) = queue.pop() {
+        ready[i] = true;
+        for &d in dependents.get(&i).map(Vec::as_slice).unwrap_or_default() {
+            waiting[d] -= 1;
+            if waiting[d] == 0 && !blocked[d] {
+                queue.push(d);
+            }
+        }
+    }
+    let (ready, rest): (Vec<_>, Vec<_>) = pool.into_iter().zip(ready).partition(|(_, r)| *r);
+    (ready.into_iter().map(|(c, _)| c).collect(), rest.into_iter().map(|(c, _)| c).collect())
 }
 
 /// Most conflicts reported for one document.
@@ -814,6 +968,130 @@ mod tests {
         assert_eq!(rendered(&doc), (Some(json!({"a": 1, "b": 2})), doc.etag()));
         doc.delete(&meta(2)).unwrap();
         assert_eq!(rendered(&doc), (None, doc.etag()));
+    }
+
+    fn node_meta(node: u64, seq: u64) -> ChangeMeta {
+        ChangeMeta { origin: NodeId(node), seq, hlc: Hlc::new(100 + seq, 0) }
+    }
+
+    /// `change` re-encoded with other fields, as a hostile or broken peer
+    /// could send it: automerge accepts the bytes (the hash is recomputed).
+    fn forged(change: &Change, edit: impl FnOnce(&mut automerge::ExpandedChange)) -> Change {
+        let mut expanded = change.decode();
+        expanded.hash = None;
+        edit(&mut expanded);
+        Change::from(expanded)
+    }
+
+    fn genesis_heads() -> Vec<ChangeHash> {
+        Document::new().heads()
+    }
+
+    #[test]
+    fn a_change_naming_an_unknown_actor_is_refused_not_a_panic() {
+        // Found by the peer_message fuzz target: automerge 0.12 registers
+        // only actors with a first change in the batch, then unwraps the
+        // lookup of every actor a change names.
+        let mut source = Document::new();
+        let first = source.put(json!({"a": 1}).as_object().unwrap(), &node_meta(7, 1)).unwrap().remove(0);
+        let bad = forged(&first, |c| c.seq = 2);
+        let mut good_source = Document::new();
+        let good = good_source.put(json!({"b": 2}).as_object().unwrap(), &node_meta(8, 1)).unwrap();
+
+        let mut doc = Document::new();
+        let mut batch = vec![bad.clone()];
+        batch.extend(good.iter().cloned());
+        let refused = doc.apply_changes(batch).expect("the batch applies without the bad change");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].hash, bad.hash());
+        assert!(refused[0].reason.contains("seq 2"), "{}", refused[0].reason);
+        assert!(!doc.has_change(&bad.hash()));
+        assert_eq!(doc.to_json(), Some(json!({"b": 2})), "the good change in the same batch is applied");
+        assert_eq!(doc.held_count(), 0);
+
+        // The same change alone, and again: refused each time, the document untouched.
+        let before = doc.heads();
+        assert_eq!(doc.apply_changes(vec![bad.clone()]).unwrap().len(), 1);
+        assert_eq!(doc.heads(), before);
+    }
+
+    #[test]
+    fn a_change_referencing_an_unknown_actors_ops_is_refused() {
+        // Y overwrites X's field, so its op names X in a pred; with X's change
+        // missing from its dependencies it is ready but names an actor the
+        // document has never seen.
+        let mut source = Document::new();
+        let x1 = source.put(json!({"a": 1}).as_object().unwrap(), &node_meta(7, 1)).unwrap().remove(0);
+        let y1 = source.put(json!({"a": 2}).as_object().unwrap(), &node_meta(8, 1)).unwrap().remove(0);
+        assert!(y1.other_actor_ids().contains(x1.actor_id()), "the test needs a change naming another actor");
+        let bad = forged(&y1, |c| c.deps = genesis_heads());
+
+        let mut doc = Document::new();
+        let refused = doc.apply_changes(vec![bad.clone()]).unwrap();
+        assert_eq!(refused.iter().map(|r| r.hash).collect::<Vec<_>>(), vec![bad.hash()]);
+        assert_eq!(doc.heads(), genesis_heads());
+        // The honest pair, in either order, applies.
+        let mut doc = Document::new();
+        assert!(doc.apply_changes(vec![y1.clone(), x1.clone()]).unwrap().is_empty());
+        assert_eq!(doc.to_json(), Some(json!({"a": 2})));
+    }
+
+    #[test]
+    fn held_changes_wait_for_their_dependencies_and_are_checked_when_ready() {
+        let mut source = Document::new();
+        let x1 = source.put(json!({"a": 1}).as_object().unwrap(), &node_meta(7, 1)).unwrap().remove(0);
+        let x2 = source.merge_patch(&json!({"b": 2}), &node_meta(7, 2)).unwrap().remove(0);
+        let x3 = source.merge_patch(&json!({"c": 3}), &node_meta(7, 3)).unwrap().remove(0);
+
+        // Out of order: the later changes wait for the first, then all apply.
+        let mut doc = Document::new();
+        assert!(doc.apply_changes(vec![x3.clone()]).unwrap().is_empty());
+        assert!(doc.apply_changes(vec![x2.clone()]).unwrap().is_empty());
+        assert_eq!(doc.held_count(), 2);
+        assert_eq!(doc.missing_deps(), vec![x1.hash()]);
+        assert_eq!(doc.heads(), genesis_heads(), "nothing held is visible");
+        assert!(doc.apply_changes(vec![x1.clone()]).unwrap().is_empty());
+        assert_eq!(doc.held_count(), 0);
+        assert!(doc.missing_deps().is_empty());
+        assert_eq!(doc.to_json(), Some(json!({"a": 1, "b": 2, "c": 3})));
+
+        // A forged change held for a dependency is checked once that arrives:
+        // the dependency applies, the forgery is refused, nothing panics.
+        let mut other = Document::new();
+        let z1 = other.put(json!({"z": 1}).as_object().unwrap(), &node_meta(9, 1)).unwrap().remove(0);
+        let bad = forged(&x1, |c| {
+            c.seq = 5;
+            c.deps = vec![z1.hash()];
+        });
+        let mut doc = Document::new();
+        assert!(doc.apply_changes(vec![bad.clone()]).unwrap().is_empty());
+        assert_eq!(doc.held_count(), 1);
+        let refused = doc.apply_changes(vec![z1.clone()]).unwrap();
+        assert_eq!(refused.iter().map(|r| r.hash).collect::<Vec<_>>(), vec![bad.hash()]);
+        assert_eq!(doc.held_count(), 0);
+        assert_eq!(doc.to_json(), Some(json!({"z": 1})));
+    }
+
+    #[test]
+    fn a_refused_first_change_introduces_nobody() {
+        // X's forged first change names an unknown actor W and is refused.
+        // X's second change, forged to depend on genesis only, is ready in
+        // the same batch and was introduced only by that first change: it
+        // must be refused too, not handed to automerge with X unregistered.
+        let mut source = Document::new();
+        let x1 = source.put(json!({"a": 1}).as_object().unwrap(), &node_meta(7, 1)).unwrap().remove(0);
+        let x2 = source.merge_patch(&json!({"b": 2}), &node_meta(7, 2)).unwrap().remove(0);
+        let w = NodeId(6).actor();
+        let x1_bad = forged(&x1, |c| c.operations[0].pred = vec![automerge::legacy::OpId(1, w)].into());
+        let x2_bad = forged(&x2, |c| c.deps = genesis_heads());
+        let mut doc = Document::new();
+        let refused = doc.apply_changes(vec![x1_bad.clone(), x2_bad.clone()]).unwrap();
+        let mut hashes: Vec<ChangeHash> = refused.iter().map(|r| r.hash).collect();
+        hashes.sort();
+        let mut expected = vec![x1_bad.hash(), x2_bad.hash()];
+        expected.sort();
+        assert_eq!(hashes, expected, "{refused:?}");
+        assert_eq!(doc.heads(), genesis_heads());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::cache::{ColdEntry, ColdError, ColdStore};
 use crate::change::{ChangeMeta, ChangeRecord};
-use crate::document::{Document, DocumentError};
+use crate::document::{Document, DocumentError, RefusedChange};
 use crate::hlc::Hlc;
 use crate::ids::{DocId, NodeId};
 use crate::log::ChangeLog;
@@ -202,7 +202,7 @@ pub struct Replica {
     digest: [u8; 32],
     /// Records whose changes are all in their document (visible to reads).
     applied: VersionVector,
-    /// Records held but not applied: automerge waits for a dependency.
+    /// Records held but not applied: the document holds back a change until its dependencies arrive.
     pending: BTreeMap<(NodeId, u64), (DocId, Vec<automerge::ChangeHash>)>,
     /// Evicted documents (never also in `docs`).
     cold: HashMap<DocId, ColdEntry>,
@@ -524,24 +524,41 @@ impl Replica {
             touched.push(id.clone());
             let state = Self::doc_entry(&mut self.docs, &mut self.all_ids, &id);
             state.generation += 1;
-            if state.doc.apply_changes(changes).is_err() {
-                // One bad change must not take the good ones with it: retry
-                // this document's records one by one, refusing only those that fail.
-                let mut refused = Vec::new();
-                for (record, _) in accepted.iter().filter(|(r, _)| r.doc == id) {
-                    let one: Result<Vec<Change>, _> =
-                        record.changes.iter().map(|b| Change::from_bytes(b.clone())).collect();
-                    let applied = match one {
-                        Ok(changes) => state.doc.apply_changes(changes).map_err(|e| e.to_string()),
-                        Err(err) => Err(err.to_string()),
-                    };
-                    if let Err(err) = applied {
-                        refused.push((record.meta.origin, record.meta.seq, err));
+            let mut refused: Vec<(NodeId, u64, String)> = Vec::new();
+            let mut refused_changes: Vec<RefusedChange> = Vec::new();
+            match state.doc.apply_changes(changes) {
+                Ok(changes) => refused_changes = changes,
+                Err(_) => {
+                    // One bad change must not take the good ones with it: retry
+                    // this document's records one by one, refusing only those that fail.
+                    for (record, _) in accepted.iter().filter(|(r, _)| r.doc == id) {
+                        let one: Result<Vec<Change>, _> =
+                            record.changes.iter().map(|b| Change::from_bytes(b.clone())).collect();
+                        match one.map_err(|e| e.to_string()) {
+                            Ok(changes) => match state.doc.apply_changes(changes) {
+                                Ok(changes) => refused_changes.extend(changes),
+                                Err(err) => refused.push((record.meta.origin, record.meta.seq, err.to_string())),
+                            },
+                            Err(err) => refused.push((record.meta.origin, record.meta.seq, err)),
+                        }
                     }
                 }
-                accepted.retain(|(r, _)| !refused.iter().any(|(o, s, _)| r.meta.origin == *o && r.meta.seq == *s));
-                outcome.rejected.extend(refused);
             }
+            // A record is refused with the first of its changes the document
+            // refuses. A refused change held from an earlier call has no record
+            // here: that record stays received but not applied, like one whose
+            // dependency never arrives.
+            for change in refused_changes {
+                let owner = accepted.iter().find(|(r, hashes)| r.doc == id && hashes.contains(&change.hash));
+                if let Some((record, _)) = owner {
+                    let (origin, seq) = (record.meta.origin, record.meta.seq);
+                    if !refused.iter().any(|(o, s, _)| (*o, *s) == (origin, seq)) {
+                        refused.push((origin, seq, change.reason));
+                    }
+                }
+            }
+            accepted.retain(|(r, _)| !refused.iter().any(|(o, s, _)| r.meta.origin == *o && r.meta.seq == *s));
+            outcome.rejected.extend(refused);
             let exists = state.doc.exists();
             self.track_existence(&id, exists);
         }
@@ -557,7 +574,7 @@ impl Replica {
                 state.max_hlc = state.max_hlc.max(record.meta.hlc);
             }
             self.vv.insert(origin, seq);
-            // Received is not applied: automerge holds back a change whose
+            // Received is not applied: the document holds back a change whose
             // dependencies are missing; it counts as applied once it is in.
             self.pending.insert((origin, seq), (record.doc.clone(), hashes));
             self.log.insert(record);

@@ -3,7 +3,8 @@
 //! the admin API, `kill -9` under load, a line topology, a fourth node that
 //! joins through one seed after the logs were truncated (state transfer),
 //! and hostile peers (malformed, truncated and oversized frames, a
-//! certificate from another CA) refused, counted, and survived.
+//! certificate from another CA, a change automerge cannot apply) refused,
+//! counted, and survived.
 
 use std::time::{Duration, Instant};
 
@@ -337,4 +338,75 @@ async fn hostile_peers_are_refused_counted_and_survived() {
     // The node is unharmed.
     let put = client.put(format!("{url}/v1/docs/still-here")).json(&json!({"ok": true})).send().await.unwrap();
     assert_eq!(put.status(), 201);
+}
+
+/// A cluster member sends, over real QUIC, the records of the peer_message
+/// fuzz reproducer (a change whose actor is new to the document but whose
+/// sequence number is above 1, which panics automerge 0.12 inside its apply)
+/// and, in the same frame, a good record. The node refuses the one, applies
+/// the other, keeps serving, and after `kill -9` recovers from a log that
+/// holds the refused record too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_automerge_cannot_apply_is_refused_and_the_node_survives() {
+    use meridian_crdt::{DocId, Hlc, NodeId, Replica, WriteOp};
+    use meridian_gossip::message::{Hello, MemberInfo};
+    use meridian_gossip::{Message, PROTOCOL_VERSION};
+
+    let mut cluster = TestCluster::new("repl-unappliable", &["a", "buggy"]);
+    cluster.start(0, &[], &[]);
+    let client = client();
+    let port = cluster.nodes[0].peer_port;
+    let tls = meridian_server::certs::load(&cluster.certs, "buggy").unwrap();
+
+    let reproducer = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/peer_message/automerge_unknown_actor.bin"),
+    )
+    .unwrap();
+    let Message::Changes(mut records) = Message::decode(&reproducer).unwrap() else {
+        panic!("the reproducer is a Changes frame")
+    };
+    let bad_docs: Vec<String> = records.iter().map(|r| r.doc.as_str().to_string()).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut honest = Replica::new(NodeId(0x0fed_cba9_8765_4321));
+    let good_doc = DocId::new("still/applied").unwrap();
+    let object = json!({"ok": true}).as_object().unwrap().clone();
+    let good = honest.local_write(&good_doc, &WriteOp::Put(object), Hlc::new(now, 0), None).unwrap().record;
+    records.push(good);
+
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        cluster: "meridian".into(),
+        me: MemberInfo { node: NodeId(0x0bad_c0de), region: "buggy".into(), addr: "127.0.0.1:9".parse().unwrap() },
+    });
+    let bytes = [&[0u8][..], &hello.encode_frame(), &Message::Changes(records).encode_frame()].concat();
+    send_raw(&tls, port, &bytes).await.unwrap();
+
+    // The good record arrives and applies; the node answers throughout.
+    let url = cluster.url(0);
+    let start = Instant::now();
+    loop {
+        let reply = client.get(format!("{url}/v1/docs/still/applied")).send().await;
+        if reply.as_ref().is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the good record was not applied: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for doc in &bad_docs {
+        let reply = client.get(format!("{url}/v1/docs/{doc}")).send().await.unwrap();
+        assert!(reply.status() == 200 || reply.status() == 404, "{doc}: {}", reply.status());
+    }
+    let put = client.put(format!("{url}/v1/docs/after")).json(&json!({"n": 1})).send().await.unwrap();
+    assert_eq!(put.status(), 201, "the node still takes writes");
+
+    // The refused record was committed before it was applied: recovery meets it again.
+    cluster.kill9(0);
+    cluster.restart(0);
+    let url = cluster.url(0);
+    for doc in ["still/applied", "after"] {
+        let reply = client.get(format!("{url}/v1/docs/{doc}")).send().await.unwrap();
+        assert_eq!(reply.status(), 200, "{doc} after the restart");
+    }
+    cluster.kill9(0);
 }
