@@ -659,6 +659,10 @@ impl NodeRuntime {
 
     /// Waits until local sequence number `seq` is durable.
     async fn wait_durable(&self, seq: u64) -> Result<(), NodeError> {
+        // The common case, a read of state already on disk: no receiver to clone.
+        if self.durable.borrow().local_seq >= seq {
+            return Ok(());
+        }
         let mut rx = self.durable.clone();
         let state = rx
             .wait_for(|d| d.local_seq >= seq || d.failed.is_some())
@@ -721,15 +725,16 @@ impl NodeRuntime {
         }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + options.wait;
-        let mut progress = self.shared.progress.subscribe();
+        // Only reads that may wait subscribe: most reads have nothing to wait for.
+        let mut progress = (options.after.is_some() || options.at.is_some()).then(|| self.shared.progress.subscribe());
         // `after`: wait until every change the token names is applied here.
-        if let Some(token) = &options.after {
+        if let (Some(token), Some(progress)) = (&options.after, progress.as_mut()) {
             loop {
                 let lags = self.lags_after(token);
                 if lags.is_empty() {
                     break;
                 }
-                if !self.wait_progress(&mut progress, deadline).await {
+                if !self.wait_progress(progress, deadline).await {
                     return Err(NodeError::Behind {
                         waited_ms: started.elapsed().as_millis() as u64,
                         lags: self.lags_after(token),
@@ -738,13 +743,13 @@ impl NodeRuntime {
             }
         }
         // `at`: wait until `at` is at or below safe time, so the snapshot is complete.
-        if let Some(at) = options.at {
+        if let (Some(at), Some(progress)) = (options.at, progress.as_mut()) {
             loop {
                 let lags = self.lags_at(at);
                 if lags.is_empty() {
                     break;
                 }
-                if !self.wait_progress(&mut progress, deadline).await {
+                if !self.wait_progress(progress, deadline).await {
                     return Err(NodeError::Behind {
                         waited_ms: started.elapsed().as_millis() as u64,
                         lags: self.lags_at(at),

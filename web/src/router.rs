@@ -339,9 +339,24 @@ fn freshness_headers(out: &mut HeaderMap, freshness: &Freshness) {
     text.clear();
     let _ = write!(text, "{}", freshness.safe_time);
     set("meridian-safe-time", &text);
-    text.clear();
-    let _ = write!(text, "{}", freshness.token);
-    set(TOKEN_HEADER, &text);
+    // The token changes only when a change is applied, and reads far
+    // outnumber changes: each worker thread keeps the last one it encoded.
+    thread_local! {
+        static LAST_TOKEN: std::cell::RefCell<Option<(Token, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    let token = LAST_TOKEN.with_borrow_mut(|last| match last {
+        Some((token, value)) if *token == freshness.token => Some(value.clone()),
+        _ => {
+            text.clear();
+            let _ = write!(text, "{}", freshness.token);
+            let value = HeaderValue::from_str(&text).ok()?;
+            *last = Some((freshness.token.clone(), value.clone()));
+            Some(value)
+        }
+    });
+    if let Some(value) = token {
+        out.insert(header::HeaderName::from_static(TOKEN_HEADER), value);
+    }
 }
 
 async fn get_doc<N: Node>(
@@ -384,13 +399,18 @@ async fn get_doc<N: Node>(
         freshness_headers(response.headers_mut(), &read.freshness);
         return Ok(response);
     };
-    let mut response = if if_none_match.is_some_and(|list| none_match(&list, &read.etag)) {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
-    };
+    let not_modified = if_none_match.is_some_and(|list| none_match(&list, &read.etag));
+    let mut response = if not_modified { Response::default() } else { Response::new(axum::body::Body::from(body)) };
     let out = response.headers_mut();
-    out.reserve(6);
+    // One allocation for every header this answer carries (ours, then
+    // Content-Length and the front's) rather than the map regrowing.
+    out.reserve(10);
+    if not_modified {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+    } else {
+        out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&read.etag) {
         out.insert(header::ETAG, value);
     }
