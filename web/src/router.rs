@@ -400,17 +400,18 @@ async fn get_doc<N: Node>(
         return Ok(response);
     };
     let not_modified = if_none_match.is_some_and(|list| none_match(&list, &read.etag));
-    let mut response = if not_modified { Response::default() } else { Response::new(axum::body::Body::from(body)) };
+    let mut response = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Response::new(axum::body::Body::from(body))
+    };
     let out = response.headers_mut();
     // One allocation for every header this answer carries (ours, then
     // Content-Length and the front's) rather than the map regrowing.
     out.reserve(10);
-    if not_modified {
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-    } else {
+    if !not_modified {
         out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&read.etag) {
         out.insert(header::ETAG, value);
     }
