@@ -1163,6 +1163,12 @@ impl Gossip {
             .collect()
     }
 
+    /// Every member's node and region, borrowed: for the per-read freshness
+    /// computation, where [`Gossip::members`] would copy far more than it needs.
+    pub fn member_regions(&self) -> impl Iterator<Item = (NodeId, &str)> + '_ {
+        self.peers.values().map(|peer| (peer.info.node, peer.info.region.as_str()))
+    }
+
     /// Recently refused peers, newest last.
     pub fn refusals(&self) -> impl Iterator<Item = &Refusal> {
         self.refusals.iter()

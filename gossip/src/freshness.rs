@@ -4,7 +4,6 @@
 //! deterministic simulation compute exactly the same answer.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use meridian_crdt::{Hlc, NodeId, Replica};
 
@@ -69,15 +68,17 @@ pub struct SafeTime {
 /// from any member yet knows of no origin at all, so its safe time is zero,
 /// not now. Decommissioned members whose every change is applied here no
 /// longer count.
-pub fn safe_time(gossip: &Gossip, replica: &Replica, now: Instant, now_ns: u64) -> SafeTime {
+pub fn safe_time(gossip: &Gossip, replica: &Replica, now_ns: u64) -> SafeTime {
     if !gossip.config().seeds.is_empty() && !gossip.heard_from_any_member() {
         let safe = Hlc::zero();
         return SafeTime { safe_time: safe, staleness_ms: now_ns / 1_000_000, origins: Vec::new() };
     }
     let own = replica.node();
     let applied = replica.applied_version_vector();
+    // Every read asks this, so the member list is borrowed, not cloned
+    // (`members()` copies each peer's version vector and stats).
     let mut origins: BTreeMap<NodeId, String> =
-        gossip.members(now).into_iter().map(|m| (m.info.node, m.info.region)).collect();
+        gossip.member_regions().map(|(node, region)| (node, region.to_string())).collect();
     for origin in replica.version_vector().origins().chain(applied.origins()) {
         origins.entry(origin).or_insert_with(|| origin.to_string());
     }

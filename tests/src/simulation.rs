@@ -985,7 +985,7 @@ impl Simulation {
         let wall = self.wall_ns(index);
         let at_ms = self.elapsed_ms();
         let live = self.nodes[index].live.as_ref().expect("up");
-        let freshness = safe_time(&live.gossip, &live.replica, self.now, wall);
+        let freshness = safe_time(&live.gossip, &live.replica, wall);
         let applied = live.replica.applied_version_vector();
         for origin in &freshness.origins {
             self.claims.push(Claim {

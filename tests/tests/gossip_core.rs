@@ -288,7 +288,7 @@ fn a_decommissioned_member_leaves_membership_and_safe_time_everywhere() {
     sim.run(Duration::from_secs(5));
     let stale = |sim: &Sim, i: usize| {
         let node = &sim.nodes[i];
-        meridian_gossip::freshness::safe_time(&node.gossip, &node.replica, sim.now, sim.wall_ns())
+        meridian_gossip::freshness::safe_time(&node.gossip, &node.replica, sim.wall_ns())
     };
     assert!(stale(&sim, a).origins.iter().any(|o| o.node == c_id && o.staleness_ms >= 4000));
     let node_a = &mut sim.nodes[a];

@@ -373,7 +373,7 @@ pub fn spec() -> Json {
                 "Location": {"description": "Where the created document lives.", "schema": {"type": "string"}},
                 "Meridian-Token": {"description": "Opaque token naming the write, or the state a read saw.", "schema": {"type": "string"}},
                 "Meridian-Staleness-Ms": {"description": "No write older than this many ms may be missing from this answer.", "schema": {"type": "string"}},
-                "Meridian-Staleness": {"description": "The same per region: `region=ms, ...`.", "schema": {"type": "string"}},
+                "Meridian-Staleness": {"description": "The same per region: `region=ms, ...`; absent when no other region is known.", "schema": {"type": "string"}},
                 "Meridian-Safe-Time": {"description": "Every write with an HLC at or below this is in this answer.", "schema": {"type": "string"}},
             },
         },

@@ -50,7 +50,12 @@ impl Default for WebConfig {
     }
 }
 
-struct AppState<N> {
+/// What every handler shares, behind one `Arc`: axum clones the state for
+/// each request, and one reference count (one contended cache line between
+/// the worker threads) costs less than one per field.
+struct AppState<N>(Arc<AppInner<N>>);
+
+struct AppInner<N> {
     node: Arc<N>,
     http_metrics: Arc<HttpMetrics>,
     auth: Arc<crate::auth::Auth>,
@@ -59,12 +64,14 @@ struct AppState<N> {
 
 impl<N> Clone for AppState<N> {
     fn clone(&self) -> Self {
-        AppState {
-            node: self.node.clone(),
-            http_metrics: self.http_metrics.clone(),
-            auth: self.auth.clone(),
-            guard: self.guard.clone(),
-        }
+        AppState(self.0.clone())
+    }
+}
+
+impl<N> std::ops::Deref for AppState<N> {
+    type Target = AppInner<N>;
+    fn deref(&self) -> &AppInner<N> {
+        &self.0
     }
 }
 
@@ -74,7 +81,7 @@ pub fn router<N: Node>(node: Arc<N>, config: WebConfig) -> Router {
     let dashboard = crate::dashboard::routes(node.clone(), crate::dashboard::DashboardConfig::from_env());
     let auth = Arc::new(crate::auth::Auth::new(config.tokens, config.admin_token.as_deref(), config.allow_anonymous));
     let guard = Arc::new(crate::limits::Guard::new(auth.clone(), config.limits, config.body_limit_bytes));
-    let state = AppState { node, http_metrics: http_metrics.clone(), auth, guard: guard.clone() };
+    let state = AppState(Arc::new(AppInner { node, http_metrics: http_metrics.clone(), auth, guard: guard.clone() }));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<N>))
@@ -335,7 +342,10 @@ fn freshness_headers(out: &mut HeaderMap, freshness: &Freshness) {
     for (i, (region, ms)) in freshness.per_region.iter().enumerate() {
         let _ = write!(text, "{}{region}={ms}", if i == 0 { "" } else { ", " });
     }
-    set("meridian-staleness", &text);
+    // A lone region has no other region to be stale towards: no header, not an empty one.
+    if !text.is_empty() {
+        set("meridian-staleness", &text);
+    }
     text.clear();
     let _ = write!(text, "{}", freshness.safe_time);
     set("meridian-safe-time", &text);
