@@ -31,7 +31,7 @@
 //! travels with the write that needed it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
@@ -91,7 +91,7 @@ pub struct Document {
     /// of the current state (debug builds check this against the heads on
     /// every read). Comparing heads on each read instead cost an allocation
     /// and a sort per read, a tenth of a cached read's CPU.
-    rendered: Mutex<Option<Rendered>>,
+    rendered: OnceLock<Rendered>,
     /// Remote changes waiting for a dependency. Meridian holds them itself
     /// rather than in automerge's queue, so that automerge only ever sees
     /// changes that are ready and checked (see [`Document::apply_changes`]).
@@ -170,23 +170,22 @@ impl Document {
     /// a comparison of heads and two reference counts instead of a walk
     /// through automerge's op set, a clone of the JSON and its serialisation.
     pub fn rendered(&self) -> (Option<Arc<[u8]>>, Arc<str>) {
-        let mut cache = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(hit) = cache.as_ref() {
-            debug_assert_eq!(hit.heads, self.heads(), "a change to the document bypassed Document::doc_mut");
-            return (hit.body.clone(), hit.etag.clone());
-        }
-        let heads = self.heads();
-        let body: Option<Arc<[u8]>> =
-            self.to_json().map(|json| serde_json::to_vec(&json).expect("a JSON value serialises").into());
-        let etag: Arc<str> = self.etag().into();
-        *cache = Some(Rendered { heads, body: body.clone(), etag: etag.clone() });
-        (body, etag)
+        // A `OnceLock`, not a `Mutex`: a hit is one atomic load instead of a
+        // lock and an unlock. Two threads racing on a miss may both render;
+        // one result is kept, and both are the same state's.
+        let hit = self.rendered.get_or_init(|| {
+            let heads = self.heads();
+            let body = self.to_json().map(|json| serde_json::to_vec(&json).expect("a JSON value serialises").into());
+            Rendered { heads, body, etag: self.etag().into() }
+        });
+        debug_assert_eq!(hit.heads, self.heads(), "a change to the document bypassed Document::doc_mut");
+        (hit.body.clone(), hit.etag.clone())
     }
 
     /// The automerge document, for a change: drops the rendering for reads.
     /// The only way to change `doc`, so that no rendering outlives its state.
     fn doc_mut(&mut self) -> &mut Automerge {
-        *self.rendered.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        self.rendered.take();
         &mut self.doc
     }
 

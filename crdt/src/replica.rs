@@ -191,7 +191,11 @@ pub struct SnapshotOf {
 #[derive(Debug)]
 pub struct Replica {
     node: NodeId,
-    docs: HashMap<DocId, DocState>,
+    /// Boxed: a `DocState` is nearly 4 KB (automerge's document inline), and
+    /// every lookup probes entries; boxed, the table stays dense and a read
+    /// touches only the one state it wants (profiled: an unboxed lookup was
+    /// a cache miss per probe).
+    docs: HashMap<DocId, Box<DocState>>,
     live_ids: BTreeSet<String>,
     /// Every document held, existing or deleted (deletes must travel in state transfer).
     all_ids: BTreeSet<String>,
@@ -294,6 +298,15 @@ impl Replica {
             state.last_used = self.tick;
             return Ok(true);
         }
+        self.load_cold(id)
+    }
+
+    /// [`Replica::make_resident`]'s slow path, kept out of line: loading a
+    /// document needs kilobytes of stack, and inlined into the lookup every
+    /// read of a resident document paid for probing that stack.
+    #[cold]
+    #[inline(never)]
+    fn load_cold(&mut self, id: &DocId) -> Result<bool, ColdError> {
         let Some(entry) = self.cold.get(id).copied() else { return Ok(false) };
         let cold_error = |reason: String| ColdError { id: id.as_str().to_string(), reason };
         let store = self.store.as_ref().ok_or_else(|| cold_error("no document store is attached".into()))?;
@@ -306,7 +319,7 @@ impl Replica {
             self.evict_to(self.cache_limit.saturating_sub(1 + self.cache_limit / 8));
         }
         self.cold.remove(id);
-        let mut state = DocState::new(doc, entry.max_hlc, self.tick);
+        let mut state = Box::new(DocState::new(doc, entry.max_hlc, self.tick));
         state.persisted = Some(0);
         state.digest_term = entry.digest_term;
         self.docs.insert(id.clone(), state);
@@ -323,7 +336,7 @@ impl Replica {
         if !self.make_resident(id)? {
             return Ok(None);
         }
-        Ok(self.docs.get(id))
+        Ok(self.docs.get(id).map(|state| &**state))
     }
 
     /// A document's saved bytes, without loading a cold one into memory (for
@@ -627,7 +640,7 @@ impl Replica {
         self.all_ids.insert(id.as_str().to_string());
         let exists = doc.exists();
         let max_hlc = doc.max_hlc();
-        let mut state = DocState::new(doc, max_hlc, self.tick);
+        let mut state = Box::new(DocState::new(doc, max_hlc, self.tick));
         state.generation = 1;
         if let Some(old) = self.docs.insert(id.clone(), state) {
             for (d, t) in self.digest.iter_mut().zip(old.digest_term) {
@@ -685,7 +698,7 @@ impl Replica {
     /// A resident document's state, whether or not it currently exists;
     /// `None` for a cold document too (see [`Replica::resident`]).
     pub fn document(&self, id: &DocId) -> Option<&DocState> {
-        self.docs.get(id)
+        self.docs.get(id).map(|state| &**state)
     }
 
     /// Ids of existing documents starting with `prefix`, after `after`, in
@@ -712,7 +725,7 @@ impl Replica {
 
     /// Documents held in memory, existing or not.
     pub fn documents(&self) -> impl Iterator<Item = (&DocId, &DocState)> {
-        self.docs.iter()
+        self.docs.iter().map(|(id, state)| (id, &**state))
     }
 
     /// Which changes this replica holds.
@@ -733,14 +746,14 @@ impl Replica {
     /// The entry for `id`, created (holding only the genesis change) if absent.
     /// Every path that creates a document goes through here, so `all_ids` stays complete.
     fn doc_entry<'a>(
-        docs: &'a mut HashMap<DocId, DocState>,
+        docs: &'a mut HashMap<DocId, Box<DocState>>,
         all_ids: &mut BTreeSet<String>,
         id: &DocId,
     ) -> &'a mut DocState {
         if !all_ids.contains(id.as_str()) {
             all_ids.insert(id.as_str().to_string());
         }
-        docs.entry(id.clone()).or_insert_with(|| DocState::new(Document::new(), Hlc::zero(), 0))
+        docs.entry(id.clone()).or_insert_with(|| Box::new(DocState::new(Document::new(), Hlc::zero(), 0)))
     }
 
     /// Order-independent digest of every document's heads: equal digests
