@@ -314,6 +314,10 @@ fn error_note(who: &str, r: &LoadResult) -> Option<String> {
     r.first_error.as_ref().map(|e| format!("{who}: {} errors, first: {e}", r.errors))
 }
 
+/// How long a paced segment runs before its latencies count: long enough
+/// for the queue a closed-loop probe left behind to drain.
+const PACED_SETTLE: Duration = Duration::from_millis(500);
+
 async fn write(options: &Options) -> ScenarioReport {
     let progress = Progress::default();
     let warmup = Duration::from_secs_f64((options.seconds / 5.0).clamp(0.5, 3.0));
@@ -327,21 +331,39 @@ async fn write(options: &Options) -> ScenarioReport {
         interleaved(baseline.addr, addr, conns, warmup, measure, Arc::new(patch_request), &progress).await;
     drop(baseline);
     // 70% of the peak *now*: every write lengthens its document's history and
-    // automerge's cost per write grows with it, so the node's peak falls
-    // from round to round, and the mean of the rounds overstates what it can
-    // do by the time this phase runs.
-    let rate = last_round * 0.7;
-    progress.phase(format!("meridian at 70% of the last round's peak ({} req/s)", fmt(rate)));
-    let before = (
-        buckets(&node.url, "meridian_write_duration_seconds").await,
-        buckets(&node.url, "meridian_fsync_duration_seconds").await,
-    );
-    let mut at70 = load(addr, conns, Pace::Rate(rate), warmup, measure, Arc::new(patch_request), &progress).await;
+    // automerge's cost per write grows with it, so the node's peak keeps
+    // falling, also during this phase. Paced on one rate for the whole phase,
+    // its last seconds ran at or past saturation and measured a queue, not a
+    // tail. So the phase runs in segments, each paced at 70% of a short
+    // closed-loop probe taken just before it.
+    let segments = ((options.seconds / 5.0).round() as u32).clamp(2, 6);
+    let segment = measure / segments;
+    const WRITE_HIST: &str = "meridian_write_duration_seconds";
+    const FSYNC_HIST: &str = "meridian_fsync_duration_seconds";
+    // The node's histograms over the paced segments only, not the probes.
+    let (mut paced_write, mut paced_fsync) = (Vec::new(), Vec::new());
+    let mut at70 = LoadResult::default();
+    let mut rates = Vec::new();
+    for n in 1..=segments {
+        progress.phase(format!("meridian probe before 70% segment {n} of {segments}"));
+        let probe_time = Duration::from_secs_f64((options.seconds / 20.0).clamp(0.5, 1.0));
+        let probe =
+            load(addr, conns, Pace::Closed, probe_time / 4, probe_time, Arc::new(patch_request), &progress).await;
+        let rate = probe.throughput() * 0.7;
+        rates.push(rate);
+        progress.phase(format!("meridian at 70% of peak ({} req/s), segment {n} of {segments}", fmt(rate)));
+        // The warm-up lets the probe's queue drain before latencies count.
+        let before = (buckets(&node.url, WRITE_HIST).await, buckets(&node.url, FSYNC_HIST).await);
+        let part = load(addr, conns, Pace::Rate(rate), PACED_SETTLE, segment, Arc::new(patch_request), &progress).await;
+        add_delta(&mut paced_write, &before.0, &buckets(&node.url, WRITE_HIST).await);
+        add_delta(&mut paced_fsync, &before.1, &buckets(&node.url, FSYNC_HIST).await);
+        at70.absorb(part);
+    }
     progress.step(&describe(&mut at70));
     // Where the tail at 70% comes from: the node's own view of each write
-    // (apply to durable) and of each commit, over the same phase (warm-up included).
-    let write_p99 = bucket_quantile(&before.0, &buckets(&node.url, "meridian_write_duration_seconds").await, 0.99);
-    let fsync_p99 = bucket_quantile(&before.1, &buckets(&node.url, "meridian_fsync_duration_seconds").await, 0.99);
+    // (apply to durable) and of each commit, over the paced segments (their settling included).
+    let write_p99 = bucket_quantile(&[], &paced_write, 0.99);
+    let fsync_p99 = bucket_quantile(&[], &paced_fsync, 0.99);
     let fsyncs = metric(&node.url, "meridian_storage_commits_total").await;
     let writes = metric(&node.url, "meridian_durable_sequence").await;
     drop(node);
@@ -363,7 +385,8 @@ async fn write(options: &Options) -> ScenarioReport {
         ));
     }
     notes.push(format!(
-        "the 70% phase is paced on the last round's peak ({} req/s; the rounds' mean was {} req/s): the peak falls as documents' histories grow",
+        "the 70% phase ran in {segments} segments, each paced at 70% of a closed-loop probe just before it: {} req/s (the last peak round was {} req/s, the rounds' mean {} req/s); the peak falls as documents' histories grow",
+        rates.iter().map(|r| fmt(*r)).collect::<Vec<_>>().join(", "),
         fmt(last_round),
         fmt(peak.throughput())
     ));
@@ -433,6 +456,18 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Optio
         after.iter().map(|&(le, n)| (le, n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect();
     let total = diff.last()?.1;
     (total > 0.0).then(|| diff.iter().find(|(_, n)| *n >= q * total).map_or(f64::INFINITY, |b| b.0))
+}
+
+/// Adds what a histogram observed between two readings to `acc`, bucket by
+/// bucket, so that quantiles can be taken over several separate intervals.
+fn add_delta(acc: &mut Vec<(f64, f64)>, before: &[(f64, f64)], after: &[(f64, f64)]) {
+    for &(le, n) in after {
+        let observed = n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+        match acc.iter_mut().find(|a| a.0 == le) {
+            Some(a) => a.1 += observed,
+            None => acc.push((le, observed)),
+        }
+    }
 }
 
 /// A counter or gauge from a node's /metrics (summed over label sets); 0 if absent.
