@@ -362,8 +362,8 @@ async fn write(options: &Options) -> ScenarioReport {
     progress.step(&describe(&mut at70));
     // Where the tail at 70% comes from: the node's own view of each write
     // (apply to durable) and of each commit, over the paced segments (their settling included).
-    let write_p99 = bucket_quantile(&[], &paced_write, 0.99);
-    let fsync_p99 = bucket_quantile(&[], &paced_fsync, 0.99);
+    let write_p99 = bucket_quantile(&paced_write, 0.99);
+    let fsync_p99 = bucket_quantile(&paced_fsync, 0.99);
     let fsyncs = metric(&node.url, "meridian_storage_commits_total").await;
     let writes = metric(&node.url, "meridian_durable_sequence").await;
     drop(node);
@@ -449,13 +449,11 @@ async fn buckets(url: &str, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The upper bound of the bucket holding quantile `q` of what was observed
-/// between two readings of the same histogram; `None` without observations.
-fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
-    let diff: Vec<(f64, f64)> =
-        after.iter().map(|&(le, n)| (le, n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect();
-    let total = diff.last()?.1;
-    (total > 0.0).then(|| diff.iter().find(|(_, n)| *n >= q * total).map_or(f64::INFINITY, |b| b.0))
+/// The upper bound of the bucket holding quantile `q` of a histogram's
+/// cumulative buckets (as [`add_delta`] sums them); `None` without observations.
+fn bucket_quantile(hist: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = hist.last()?.1;
+    (total > 0.0).then(|| hist.iter().find(|(_, n)| *n >= q * total).map_or(f64::INFINITY, |b| b.0))
 }
 
 /// Adds what a histogram observed between two readings to `acc`, bucket by
