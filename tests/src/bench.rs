@@ -60,6 +60,14 @@ pub struct LoadResult {
     /// as it would a real client's); this says how much of that is queueing
     /// on the connection or a starved load generator rather than the server.
     pub late_us: Vec<u32>,
+    /// Paced phases only: the part of `late_us` already there before the
+    /// connection waited for its slot, because the previous answer on it
+    /// came back after this request's scheduled time. The rest of the
+    /// lateness is the load generator waking late (starved of CPU).
+    pub behind_us: Vec<u32>,
+    /// Paced phases only: latency from the actual send, not the schedule,
+    /// so neither kind of lateness is in it.
+    pub from_send_us: Vec<u32>,
 }
 
 impl LoadResult {
@@ -82,8 +90,15 @@ impl LoadResult {
         }
         self.latencies_us.extend(other.latencies_us);
         self.late_us.extend(other.late_us);
+        self.behind_us.extend(other.behind_us);
+        self.from_send_us.extend(other.from_send_us);
         self.elapsed += other.elapsed;
     }
+}
+
+/// A duration as whole microseconds, saturating.
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
 }
 
 /// Quantile `q` of microsecond samples (sorts them), in microseconds.
@@ -148,6 +163,9 @@ pub async fn load(
             let mut buf = Vec::with_capacity(16 << 10);
             let mut scheduled = start + offset;
             loop {
+                // Lateness before the wait: the previous answer came back after
+                // this request's slot (the server, or its answer read late).
+                let behind = interval.map(|_| Instant::now().saturating_duration_since(scheduled));
                 if interval.is_some() {
                     tokio::time::sleep_until(scheduled.into()).await;
                 }
@@ -155,7 +173,8 @@ pub async fn load(
                 if sent_at >= end {
                     break;
                 }
-                let late = interval.map(|_| Instant::now().saturating_duration_since(sent_at));
+                let actual_send = Instant::now();
+                let late = interval.map(|_| actual_send.saturating_duration_since(sent_at));
                 let i = counter.fetch_add(1, Ordering::Relaxed);
                 let bytes = request(i);
                 let outcome = exchange(&mut conn, addr, &bytes, &mut buf).await;
@@ -165,12 +184,12 @@ pub async fn load(
                     match outcome {
                         Ok(status) if (200..300).contains(&status) => {
                             result.ok += 1;
-                            if let Some(late) = late {
-                                result.late_us.push(late.as_micros().min(u32::MAX as u128) as u32);
+                            if let (Some(late), Some(behind)) = (late, behind) {
+                                result.late_us.push(micros(late));
+                                result.behind_us.push(micros(behind.min(late)));
+                                result.from_send_us.push(micros(done.duration_since(actual_send)));
                             }
-                            result
-                                .latencies_us
-                                .push(done.duration_since(sent_at).as_micros().min(u32::MAX as u128) as u32);
+                            result.latencies_us.push(micros(done.duration_since(sent_at)));
                         }
                         Ok(status) => {
                             result.errors += 1;

@@ -377,11 +377,15 @@ async fn write(options: &Options) -> ScenarioReport {
             .collect();
     if let (Some(write), Some(fsync)) = (write_p99, fsync_p99) {
         let late_p99 = quantile_us(&mut at70.late_us, 0.99) / 1000.0;
+        let behind_p99 = quantile_us(&mut at70.behind_us, 0.99) / 1000.0;
+        let from_send_p99 = quantile_us(&mut at70.from_send_us, 0.99) / 1000.0;
         notes.push(format!(
-            "at 70% of peak, the node's own p99 (histogram bucket bounds): write, apply to durable, <= {} ms; commit (fsync) <= {} ms; requests sent late (behind the previous answer on their connection, or a busy load generator), p99 {} ms",
+            "at 70% of peak, the node's own p99 (histogram bucket bounds): write, apply to durable, <= {} ms; commit (fsync) <= {} ms. Requests sent late, p99 {} ms; of that, behind the previous answer on their connection p99 {} ms, the rest the load generator waking late on the shared cores; latency from the actual send (no lateness in it), p99 {} ms",
             fmt(write * 1000.0),
             fmt(fsync * 1000.0),
-            fmt(late_p99)
+            fmt(late_p99),
+            fmt(behind_p99),
+            fmt(from_send_p99)
         ));
     }
     notes.push(format!(
