@@ -51,6 +51,14 @@ const COUNTER_MESSAGE: &str = "meridian counter";
 const DATA_KEY: &str = "data";
 const LIVE_KEY: &str = "live";
 
+/// Most remote changes one document holds back waiting for a dependency.
+/// Past it, a change that would wait too is deferred: not taken at all, so
+/// its record stays out of the version vector and a peer sends it again
+/// later, when its dependencies may be here. Changes already held are never
+/// dropped to make room: their records count as received, and no peer would
+/// send them again.
+pub const HELD_MAX: usize = 10_000;
+
 /// Why a write could not be applied. Nothing is changed when one is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
@@ -99,6 +107,16 @@ pub struct Document {
     /// The actors with a change in the document, built on first need (it
     /// costs a walk over the history) and kept up to date after that.
     actors: Option<HashSet<ActorId>>,
+}
+
+/// What [`Document::apply_changes_within`] did not take.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotApplied {
+    /// Changes refused for good, and why.
+    pub refused: Vec<RefusedChange>,
+    /// Changes that would have waited for a dependency with no room left to
+    /// hold them: not taken, to be offered again later.
+    pub deferred: Vec<ChangeHash>,
 }
 
 /// A remote change [`Document::apply_changes`] refused, and why.
@@ -229,7 +247,27 @@ impl Document {
     /// is refused and returned; changes that depend on it stay held, as if it
     /// had never arrived. `Err` is automerge's own refusal of the batch (a
     /// reused sequence number, for one) and leaves the document as it was.
+    ///
+    /// At most [`HELD_MAX`] changes are held; a new change past that is
+    /// refused too, with a reason saying so (see
+    /// [`Document::apply_changes_within`], which tells the two apart).
     pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<Vec<RefusedChange>, DocumentError> {
+        let room = HELD_MAX.saturating_sub(self.held.len());
+        let NotApplied { mut refused, deferred } = self.apply_changes_within(changes, room)?;
+        refused.extend(deferred.into_iter().map(|hash| RefusedChange {
+            hash,
+            reason: format!(
+                "change {hash} waits for a dependency, and this document already holds {HELD_MAX} changes that do"
+            ),
+        }));
+        Ok(refused)
+    }
+
+    /// [`Document::apply_changes`], holding at most `room` of the new
+    /// changes back for a missing dependency: the rest of those are
+    /// deferred, not taken, and returned apart from the refused ones. The
+    /// changes held from earlier calls stay held whatever `room` is.
+    pub fn apply_changes_within(&mut self, changes: Vec<Change>, room: usize) -> Result<NotApplied, DocumentError> {
         let mut pool: Vec<Change> = Vec::with_capacity(self.held.len() + changes.len());
         let mut seen = HashSet::with_capacity(pool.capacity());
         for change in self.held.iter().cloned().chain(changes) {
@@ -239,8 +277,9 @@ impl Document {
             }
         }
         if pool.is_empty() {
-            return Ok(Vec::new());
+            return Ok(NotApplied::default());
         }
+        let earlier: HashSet<ChangeHash> = self.held.iter().map(Change::hash).collect();
         let mut refused = Vec::new();
         let (ready, held) = loop {
             let (ready, held) = split_ready(pool, |hash| self.has_change(hash));
@@ -291,8 +330,24 @@ impl Document {
                 self.note_actor(actor);
             }
         }
-        self.held = held;
-        Ok(refused)
+        // In arrival order: the first new changes to wait take the room.
+        let mut room = room;
+        let mut deferred = Vec::new();
+        self.held = held
+            .into_iter()
+            .filter(|change| {
+                let keep = earlier.contains(&change.hash()) || room > 0;
+                if !earlier.contains(&change.hash()) {
+                    if keep {
+                        room -= 1;
+                    } else {
+                        deferred.push(change.hash());
+                    }
+                }
+                keep
+            })
+            .collect();
+        Ok(NotApplied { refused, deferred })
     }
 
     /// Whether `actor` has a change in the document.
@@ -1109,6 +1164,40 @@ mod tests {
         assert_eq!(refused.iter().map(|r| r.hash).collect::<Vec<_>>(), vec![bad.hash()]);
         assert_eq!(doc.held_count(), 0);
         assert_eq!(doc.to_json(), Some(json!({"z": 1})));
+    }
+
+    #[test]
+    fn past_its_room_a_change_that_would_wait_is_deferred_and_earlier_held_ones_stay() {
+        let mut source = Document::new();
+        let x1 = source.put(json!({"a": 1}).as_object().unwrap(), &node_meta(7, 1)).unwrap().remove(0);
+        let x2 = source.merge_patch(&json!({"b": 2}), &node_meta(7, 2)).unwrap().remove(0);
+        let x3 = source.merge_patch(&json!({"c": 3}), &node_meta(7, 3)).unwrap().remove(0);
+
+        let mut doc = Document::new();
+        assert_eq!(doc.apply_changes_within(vec![x3.clone()], 1).unwrap(), NotApplied::default());
+        assert_eq!(doc.held_count(), 1);
+        // No room: x2 would wait too, so it is deferred; x3 stays held.
+        let not = doc.apply_changes_within(vec![x2.clone()], 0).unwrap();
+        assert_eq!(not, NotApplied { refused: Vec::new(), deferred: vec![x2.hash()] });
+        assert_eq!(doc.held_count(), 1);
+        assert!(!doc.has_change(&x2.hash()));
+        // A ready change needs no room.
+        assert_eq!(doc.apply_changes_within(vec![x1.clone()], 0).unwrap(), NotApplied::default());
+        assert_eq!(doc.to_json(), Some(json!({"a": 1})));
+        assert_eq!(doc.held_count(), 1, "x3 still waits for x2");
+        // Offered again, x2 applies and releases x3.
+        assert_eq!(doc.apply_changes_within(vec![x2.clone()], 0).unwrap(), NotApplied::default());
+        assert_eq!(doc.held_count(), 0);
+        assert_eq!(doc.to_json(), Some(json!({"a": 1, "b": 2, "c": 3})));
+
+        // `apply_changes` holds up to HELD_MAX and refuses past it, saying why.
+        // (A full queue stood in for by one held change counted HELD_MAX times.)
+        let mut doc = Document::new();
+        let full: Vec<Change> = std::iter::repeat_n(x3.clone(), HELD_MAX).collect();
+        doc.held = full;
+        let refused = doc.apply_changes(vec![x2.clone()]).unwrap();
+        assert_eq!(refused.iter().map(|r| r.hash).collect::<Vec<_>>(), vec![x2.hash()]);
+        assert!(refused[0].reason.contains("already holds"), "{}", refused[0].reason);
     }
 
     #[test]

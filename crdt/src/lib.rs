@@ -27,7 +27,7 @@ pub mod vv;
 
 pub use cache::{ColdEntry, ColdError, ColdStore};
 pub use change::{ChangeMeta, ChangeRecord, RecordDecodeError};
-pub use document::{Conflict, ConflictValue, Document, DocumentError, RefusedChange};
+pub use document::{Conflict, ConflictValue, Document, DocumentError, NotApplied, RefusedChange, HELD_MAX};
 pub use hlc::{Hlc, HlcParseError};
 pub use ids::{DocId, DocIdError, NodeId, NodeIdParseError};
 pub use log::ChangeLog;

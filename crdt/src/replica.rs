@@ -95,7 +95,17 @@ pub struct ApplyOutcome {
     /// Records left unapplied (not even received) because their document is
     /// evicted and could not be loaded back; a later delivery retries them.
     pub unloadable: Vec<(NodeId, u64, ColdError)>,
+    /// Records left unapplied (not even received) because a change of theirs
+    /// would wait for a dependency and there is no room to hold it (see
+    /// [`PENDING_MAX`] and [`crate::HELD_MAX`]); a later delivery retries them.
+    pub deferred: Vec<(NodeId, u64)>,
 }
+
+/// Most records the replica holds received but not applied (waiting for a
+/// dependency), over all documents. Each waits in memory, and keeps its
+/// document resident, until its dependencies arrive; past this, records
+/// that would wait too are deferred (see [`ApplyOutcome::deferred`]).
+pub const PENDING_MAX: usize = 100_000;
 
 /// A document's digest term: its id and heads mixed into 32 bytes. Not a
 /// cryptographic hash; it only has to make accidental equality between
@@ -208,6 +218,8 @@ pub struct Replica {
     applied: VersionVector,
     /// Records held but not applied: the document holds back a change until its dependencies arrive.
     pending: BTreeMap<(NodeId, u64), (DocId, Vec<automerge::ChangeHash>)>,
+    /// Most entries in `pending` ([`PENDING_MAX`] unless lowered).
+    pending_max: usize,
     /// Evicted documents (never also in `docs`).
     cold: HashMap<DocId, ColdEntry>,
     /// Where evicted documents come back from; `None`: nothing is evicted.
@@ -228,6 +240,7 @@ impl Replica {
             docs: HashMap::new(),
             live_ids: BTreeSet::new(),
             all_ids: BTreeSet::new(),
+            pending_max: PENDING_MAX,
             vv: VersionVector::new(),
             log: ChangeLog::new(),
             last_seq: 0,
@@ -529,6 +542,8 @@ impl Replica {
             }
         }
         let mut touched: Vec<DocId> = Vec::with_capacity(per_doc.len());
+        // Room left for changes to wait, over all documents.
+        let mut pending_room = self.pending_max.saturating_sub(self.pending.len());
         for (id, changes) in per_doc {
             if let Err(err) = self.make_resident(&id) {
                 // Not received at all: the vector shows the gap and a later delivery retries.
@@ -546,8 +561,11 @@ impl Replica {
             state.generation += 1;
             let mut refused: Vec<(NodeId, u64, String)> = Vec::new();
             let mut refused_changes: Vec<RefusedChange> = Vec::new();
-            match state.doc.apply_changes(changes) {
-                Ok(changes) => refused_changes = changes,
+            let mut deferred_changes: Vec<automerge::ChangeHash> = Vec::new();
+            let held_before = state.doc.held_count();
+            let room = |doc: &Document| crate::HELD_MAX.saturating_sub(doc.held_count()).min(pending_room);
+            match state.doc.apply_changes_within(changes, room(&state.doc)) {
+                Ok(not) => (refused_changes, deferred_changes) = (not.refused, not.deferred),
                 Err(_) => {
                     // One bad change must not take the good ones with it: retry
                     // this document's records one by one, refusing only those that fail.
@@ -555,8 +573,11 @@ impl Replica {
                         let one: Result<Vec<Change>, _> =
                             record.changes.iter().map(|b| Change::from_bytes(b.clone())).collect();
                         match one.map_err(|e| e.to_string()) {
-                            Ok(changes) => match state.doc.apply_changes(changes) {
-                                Ok(changes) => refused_changes.extend(changes),
+                            Ok(changes) => match state.doc.apply_changes_within(changes, room(&state.doc)) {
+                                Ok(not) => {
+                                    refused_changes.extend(not.refused);
+                                    deferred_changes.extend(not.deferred);
+                                }
                                 Err(err) => refused.push((record.meta.origin, record.meta.seq, err.to_string())),
                             },
                             Err(err) => refused.push((record.meta.origin, record.meta.seq, err)),
@@ -579,6 +600,20 @@ impl Replica {
             }
             accepted.retain(|(r, _)| !refused.iter().any(|(o, s, _)| r.meta.origin == *o && r.meta.seq == *s));
             outcome.rejected.extend(refused);
+            // A record with a deferred change is not received at all (not
+            // even its changes that did go in: a later delivery finds those
+            // present and takes the rest).
+            if !deferred_changes.is_empty() {
+                let deferred: HashSet<automerge::ChangeHash> = deferred_changes.into_iter().collect();
+                accepted.retain(|(r, hashes)| {
+                    let keep = r.doc != id || !hashes.iter().any(|h| deferred.contains(h));
+                    if !keep {
+                        outcome.deferred.push((r.meta.origin, r.meta.seq));
+                    }
+                    keep
+                });
+            }
+            pending_room = pending_room.saturating_sub(state.doc.held_count().saturating_sub(held_before));
             let exists = state.doc.exists();
             self.track_existence(&id, exists);
         }
@@ -631,6 +666,13 @@ impl Replica {
     /// Records held but not yet applied (waiting for a dependency).
     pub fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Lowers (or raises) the limit on records received but waiting for a
+    /// dependency, [`PENDING_MAX`] by default; past it, such records are
+    /// deferred (see [`ApplyOutcome::deferred`]).
+    pub fn set_pending_max(&mut self, max: usize) {
+        self.pending_max = max;
     }
 
     /// Installs a document loaded from a snapshot (recovery, state transfer).

@@ -309,6 +309,36 @@ fn a_change_held_back_for_a_missing_dependency_is_received_but_not_applied() {
 }
 
 #[test]
+fn past_the_pending_limit_a_record_that_would_wait_is_deferred_not_received() {
+    let mut a = Replica::new(NodeId(1));
+    let records: Vec<ChangeRecord> = (1..=3)
+        .map(|v| a.local_write(&doc(), &WriteOp::MergePatch(json!({"v": v})), Hlc::new(v, 0), None).unwrap().record)
+        .collect();
+    let mut b = Replica::new(NodeId(2));
+    b.set_pending_max(1);
+    // The third waits for the second; that takes the only place.
+    let outcome = b.apply_records(vec![records[2].clone()]);
+    assert!(outcome.deferred.is_empty());
+    assert_eq!(b.pending_count(), 1);
+    // The second would wait for the first: no room, so not taken at all.
+    let outcome = b.apply_records(vec![records[1].clone()]);
+    assert_eq!(outcome.deferred, vec![(NodeId(1), 2)]);
+    assert_eq!(outcome.applied, 0);
+    assert!(outcome.rejected.is_empty(), "deferred, not refused: {:?}", outcome.rejected);
+    assert!(!b.version_vector().contains(NodeId(1), 2), "not received: a peer sends it again");
+    assert!(b.version_vector().contains(NodeId(1), 3), "what was held stays received");
+    assert_eq!(b.pending_count(), 1);
+    // The first applies; the third still waits for the second, which comes again and applies.
+    b.apply_records(vec![records[0].clone()]);
+    assert_eq!(b.applied_version_vector().contiguous(NodeId(1)), 1);
+    let outcome = b.apply_records(vec![records[1].clone()]);
+    assert!(outcome.deferred.is_empty() && outcome.applied == 1, "{outcome:?}");
+    assert_eq!(b.applied_version_vector().contiguous(NodeId(1)), 3);
+    assert_eq!(b.pending_count(), 0);
+    assert_eq!(json_of(&b), Some(json!({"v": 3})));
+}
+
+#[test]
 fn snapshot_reads_see_exactly_the_changes_up_to_a_time() {
     let mut a = Replica::new(NodeId(1));
     a.local_write(&doc(), &WriteOp::Put(json!({"v": 1}).as_object().unwrap().clone()), Hlc::new(100, 0), None).unwrap();

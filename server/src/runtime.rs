@@ -103,6 +103,9 @@ enum StorageMsg {
     Append {
         ticket: u64,
         records: Vec<ChangeRecord>,
+        /// When the writer thread sent it, for the storage stage of
+        /// `meridian_write_stage_seconds`.
+        sent: Instant,
     },
     /// Records received from a peer.
     Remote(Vec<ChangeRecord>),
@@ -244,10 +247,43 @@ impl Core {
     }
 }
 
+impl NodeMetrics {
+    /// Counts what applying `count` remote records (just committed) did,
+    /// and logs what was not taken.
+    fn note_remote(&self, outcome: &meridian_crdt::ApplyOutcome, count: u64) {
+        self.remote_applied.fetch_add(outcome.applied as u64, Ordering::Relaxed);
+        self.remote_duplicates.fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
+        self.remote_refused.fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
+        self.remote_deferred.fetch_add(outcome.deferred.len() as u64, Ordering::Relaxed);
+        self.remote_in_flight.fetch_sub(count, Ordering::Relaxed);
+        for (origin, seq, reason) in &outcome.rejected {
+            tracing::warn!(%origin, seq, reason = %reason, "remote change refused");
+        }
+        // One line per batch: under a flood of changes whose dependency is
+        // missing, one per record would be the flood again, in the log.
+        if let Some((origin, seq)) = outcome.deferred.first() {
+            tracing::warn!(
+                count = outcome.deferred.len(),
+                first_origin = %origin,
+                first_seq = seq,
+                "remote changes not taken: too many already wait for a dependency (they are sent again)"
+            );
+        }
+    }
+}
+
 /// Node-level metrics (the HTTP ones live in the web crate).
 #[derive(Default)]
 struct NodeMetrics {
     write_latency: Histogram,
+    /// A local write's stages (`meridian_write_stage_seconds`), to tell
+    /// where its latency goes: queued for and applied by the writer thread,
+    /// as its request saw it (its wake-up included) ...
+    write_stage_writer: Histogram,
+    /// ... then until durable, as its request saw it ...
+    write_stage_durable: Histogram,
+    /// ... of which handed to storage and committed, as the storage thread saw it.
+    write_stage_storage: Histogram,
     fsync_latency: Histogram,
     checkpoint_latency: Histogram,
     storage_commits: AtomicU64,
@@ -257,6 +293,8 @@ struct NodeMetrics {
     remote_applied: AtomicU64,
     remote_duplicates: AtomicU64,
     remote_dropped: AtomicU64,
+    /// Remote records not taken because too many wait for a dependency.
+    remote_deferred: AtomicU64,
     remote_refused: AtomicU64,
     remote_in_flight: AtomicU64,
     snapshots_installed: AtomicU64,
@@ -358,7 +396,7 @@ fn writer_loop(shared: Arc<Shared>, jobs: mpsc::Receiver<WriteJob>) {
                 // is in the channel (checkpoints drain up to it).
                 let ticket = core.tickets_sent;
                 let batch = std::mem::take(&mut records);
-                if !shared.send_storage(StorageMsg::Append { ticket, records: batch }) {
+                if !shared.send_storage(StorageMsg::Append { ticket, records: batch, sent: Instant::now() }) {
                     for (_, result) in replies.iter_mut() {
                         if result.is_ok() {
                             *result = Err(NodeError::Unavailable("the node is shutting down".into()));
@@ -533,6 +571,16 @@ impl NodeRuntime {
             }
             // A peer's change that does not apply is left out, as it was when it arrived.
             tracing::warn!(%origin, seq, reason = %reason, "skipping a stored remote change that does not apply");
+        }
+        if let Some((origin, seq)) = outcome.deferred.first() {
+            // Too many stored records wait for a dependency: the rest are not
+            // received, and peers send them again.
+            tracing::warn!(
+                count = outcome.deferred.len(),
+                first_origin = %origin,
+                first_seq = seq,
+                "stored remote changes not taken: too many already wait for a dependency"
+            );
         }
         let mut clock = Clock::wall_ns().map_err(|err| StorageError::Io {
             path: store.path().to_path_buf(),
@@ -785,9 +833,13 @@ impl NodeRuntime {
             }
         }
         let receipt = answer.await.map_err(|_| NodeError::Unavailable("the node is shutting down".into()))??;
+        let applied = Instant::now();
         let meta = receipt.record.meta;
         self.wait_durable(meta.seq).await?;
-        self.shared.metrics.write_latency.observe(started.elapsed());
+        let metrics = &self.shared.metrics;
+        metrics.write_latency.observe(started.elapsed());
+        metrics.write_stage_writer.observe(applied - started);
+        metrics.write_stage_durable.observe(applied.elapsed());
         Ok(WriteAck {
             id,
             token: Token::of_change(meta.origin, meta.seq),
@@ -1531,7 +1583,7 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let handshakes_refused = runtime.driver.get().map_or(0, |d| load(&d.stats.handshakes_refused));
     // Every scalar series: name, type, help, value. One table, one loop.
-    let series: [(&str, &str, &str, u64); 21] = [
+    let series: [(&str, &str, &str, u64); 22] = [
         ("meridian_documents", "gauge", "Documents that currently exist on this node.", documents as u64),
         (
             "meridian_documents_resident",
@@ -1582,9 +1634,15 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
             load(&m.remote_dropped),
         ),
         (
+            "meridian_remote_changes_deferred_total",
+            "counter",
+            "Remote records not taken because too many were waiting for a dependency (resent by anti-entropy).",
+            load(&m.remote_deferred),
+        ),
+        (
             "meridian_remote_changes_refused_total",
             "counter",
-            "Remote change records refused because they do not decode.",
+            "Remote change records refused: they do not decode, or their document refuses a change of theirs (the log says why).",
             load(&m.remote_refused),
         ),
         (
@@ -1737,6 +1795,17 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     }
     header(out, "meridian_write_duration_seconds", "histogram", "Local write latency, from apply to durable.");
     m.write_latency.render(out, "meridian_write_duration_seconds", "");
+    header(
+        out,
+        "meridian_write_stage_seconds",
+        "histogram",
+        "Local write latency by stage: writer (queued and applied, as the request saw it), durable (from then until durable, as the request saw it), storage (of that, from the writer's hand-off to the commit, as the storage thread saw it).",
+    );
+    for (stage, hist) in
+        [("writer", &m.write_stage_writer), ("durable", &m.write_stage_durable), ("storage", &m.write_stage_storage)]
+    {
+        hist.render(out, "meridian_write_stage_seconds", &format!("stage=\"{stage}\""));
+    }
     header(out, "meridian_fsync_duration_seconds", "histogram", "Storage commit (fsync) latency.");
     m.fsync_latency.render(out, "meridian_fsync_duration_seconds", "");
     header(
@@ -1882,6 +1951,8 @@ struct CheckpointPhase {
 #[derive(Default)]
 struct Received {
     local: Vec<ChangeRecord>,
+    /// When each local batch was sent, and its record count.
+    local_sent: Vec<(Instant, u64)>,
     remote: Vec<ChangeRecord>,
     snapshots: Vec<TransferChunk>,
 }
@@ -2012,8 +2083,9 @@ impl StorageWorker {
     /// Sorts one message into `received`; returns its change bytes.
     fn take(&mut self, msg: StorageMsg, received: &mut Received) -> usize {
         match msg {
-            StorageMsg::Append { ticket, records } => {
+            StorageMsg::Append { ticket, records, sent } => {
                 self.committed_ticket = self.committed_ticket.max(ticket);
+                received.local_sent.push((sent, records.len() as u64));
                 let bytes = records.iter().map(ChangeRecord::change_bytes).sum();
                 for record in &records {
                     self.dirty.insert(record.doc.clone());
@@ -2044,11 +2116,12 @@ impl StorageWorker {
     /// Commits what one pass received, then makes it visible: local records
     /// to the gossip core, remote records and snapshots to the replica.
     fn commit_received(&mut self, received: Received) -> Result<(), ()> {
-        let Received { local, remote, snapshots } = received;
+        let Received { local, local_sent, remote, snapshots } = received;
         if !local.is_empty() || !remote.is_empty() {
             let mut records = local.clone();
             records.extend(remote.iter().cloned());
             self.commit(Batch { records, ..Batch::default() })?;
+            self.observe_storage_stage(&local_sent);
             let remote_count = remote.len() as u64;
             let now = Instant::now();
             // A single node's local-only batch needs nothing from the core: no
@@ -2063,13 +2136,7 @@ impl StorageWorker {
                 let before = core.applied_prefixes();
                 let outcome = core.replica.apply_records(remote);
                 core.note_applied(&before);
-                let metrics = &self.shared.metrics;
-                metrics.remote_applied.fetch_add(outcome.applied as u64, Ordering::Relaxed);
-                metrics.remote_duplicates.fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
-                metrics.remote_in_flight.fetch_sub(remote_count, Ordering::Relaxed);
-                for (origin, seq, reason) in outcome.rejected {
-                    tracing::warn!(%origin, seq, reason = %reason, "remote change refused");
-                }
+                self.shared.metrics.note_remote(&outcome, remote_count);
             }
             if let Some(gossip) = core.as_mut().and_then(|core| core.gossip.as_mut()) {
                 if !local.is_empty() {
@@ -2126,7 +2193,8 @@ impl StorageWorker {
         let (snapshots, persisted) = split_snapshots(saved);
         self.commit(Batch { records, snapshots, checkpoint: checkpoint.clone(), ..Batch::default() })?;
         self.mark_persisted(persisted);
-        let Received { local, remote, snapshots: more } = received;
+        let Received { local, local_sent, remote, snapshots: more } = received;
+        self.observe_storage_stage(&local_sent);
         self.publish(local, remote)?;
         if !more.is_empty() {
             // Chunks that arrived meanwhile: install them after this one, in order.
@@ -2374,12 +2442,22 @@ impl StorageWorker {
             tracing::debug!(snapshots = phase.snapshots, "checkpoint");
         }
         // The records received above are committed; make them visible too.
-        let Received { local, remote, snapshots: transfers } = received;
+        let Received { local, local_sent, remote, snapshots: transfers } = received;
+        self.observe_storage_stage(&local_sent);
         self.publish(local, remote)?;
         for (docs, covers) in transfers {
             self.install_snapshot(docs, covers)?;
         }
         Ok(())
+    }
+
+    /// Records the storage stage of the local writes just committed: from
+    /// the writer's hand-off to now.
+    fn observe_storage_stage(&self, local_sent: &[(Instant, u64)]) {
+        let stage = &self.shared.metrics.write_stage_storage;
+        for (sent, count) in local_sent {
+            stage.observe_n(sent.elapsed(), *count);
+        }
     }
 
     /// The next chunk of [`StorageWorker::truncating`]: up to
@@ -2439,8 +2517,7 @@ impl StorageWorker {
             let before = core.applied_prefixes();
             let outcome = core.replica.apply_records(remote);
             core.note_applied(&before);
-            self.shared.metrics.remote_applied.fetch_add(outcome.applied as u64, Ordering::Relaxed);
-            self.shared.metrics.remote_in_flight.fetch_sub(remote_count, Ordering::Relaxed);
+            self.shared.metrics.note_remote(&outcome, remote_count);
         }
         if let Some(gossip) = core.gossip.as_mut() {
             if !local.is_empty() {

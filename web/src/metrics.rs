@@ -26,12 +26,17 @@ pub struct Histogram {
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, duration: Duration) {
+        self.observe_n(duration, 1);
+    }
+
+    /// Records `n` observations of the same duration (a batch's items).
+    pub fn observe_n(&self, duration: Duration, n: u64) {
         let seconds = duration.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS_SECONDS.iter().position(|&bound| seconds <= bound) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            self.buckets[i].fetch_add(n, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(duration.as_nanos() as u64, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.sum_nanos.fetch_add((duration.as_nanos() as u64).saturating_mul(n), Ordering::Relaxed);
     }
 
     /// Number of observations.

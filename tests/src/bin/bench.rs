@@ -338,10 +338,16 @@ async fn write(options: &Options) -> ScenarioReport {
     // closed-loop probe taken just before it.
     let segments = ((options.seconds / 5.0).round() as u32).clamp(2, 6);
     let segment = measure / segments;
-    const WRITE_HIST: &str = "meridian_write_duration_seconds";
-    const FSYNC_HIST: &str = "meridian_fsync_duration_seconds";
-    // The node's histograms over the paced segments only, not the probes.
-    let (mut paced_write, mut paced_fsync) = (Vec::new(), Vec::new());
+    // The node's histograms over the paced segments only, not the probes:
+    // a write from apply to durable, a commit, and a write's stages.
+    const HISTS: [(&str, &str); 5] = [
+        ("meridian_write_duration_seconds", ""),
+        ("meridian_fsync_duration_seconds", ""),
+        ("meridian_write_stage_seconds", "stage=\"writer\""),
+        ("meridian_write_stage_seconds", "stage=\"durable\""),
+        ("meridian_write_stage_seconds", "stage=\"storage\""),
+    ];
+    let mut paced = vec![Vec::new(); HISTS.len()];
     let mut at70 = LoadResult::default();
     let mut rates = Vec::new();
     for n in 1..=segments {
@@ -353,17 +359,19 @@ async fn write(options: &Options) -> ScenarioReport {
         rates.push(rate);
         progress.phase(format!("meridian at 70% of peak ({} req/s), segment {n} of {segments}", fmt(rate)));
         // The warm-up lets the probe's queue drain before latencies count.
-        let before = (buckets(&node.url, WRITE_HIST).await, buckets(&node.url, FSYNC_HIST).await);
+        let before = histograms(&node.url, &HISTS).await;
         let part = load(addr, conns, Pace::Rate(rate), PACED_SETTLE, segment, Arc::new(patch_request), &progress).await;
-        add_delta(&mut paced_write, &before.0, &buckets(&node.url, WRITE_HIST).await);
-        add_delta(&mut paced_fsync, &before.1, &buckets(&node.url, FSYNC_HIST).await);
+        let after = histograms(&node.url, &HISTS).await;
+        for ((acc, before), after) in paced.iter_mut().zip(&before).zip(&after) {
+            add_delta(acc, before, after);
+        }
         at70.absorb(part);
     }
     progress.step(&describe(&mut at70));
     // Where the tail at 70% comes from: the node's own view of each write
     // (apply to durable) and of each commit, over the paced segments (their settling included).
-    let write_p99 = bucket_quantile(&paced_write, 0.99);
-    let fsync_p99 = bucket_quantile(&paced_fsync, 0.99);
+    let [write_p99, fsync_p99, writer_p99, durable_p99, storage_p99] =
+        [0, 1, 2, 3, 4].map(|i| bucket_quantile(&paced[i], 0.99));
     let fsyncs = metric(&node.url, "meridian_storage_commits_total").await;
     let writes = metric(&node.url, "meridian_durable_sequence").await;
     drop(node);
@@ -386,6 +394,14 @@ async fn write(options: &Options) -> ScenarioReport {
             fmt(late_p99),
             fmt(behind_p99),
             fmt(from_send_p99)
+        ));
+    }
+    if let (Some(writer), Some(durable), Some(storage)) = (writer_p99, durable_p99, storage_p99) {
+        notes.push(format!(
+            "a write's stages at 70% of peak, the node's own p99 (bucket bounds): queued for and applied by the writer thread, as the request saw it, <= {} ms; from then until durable, as the request saw it, <= {} ms; of that, from the writer's hand-off to the commit, as the storage thread saw it, <= {} ms",
+            fmt(writer * 1000.0),
+            fmt(durable * 1000.0),
+            fmt(storage * 1000.0)
         ));
     }
     notes.push(format!(
@@ -438,17 +454,26 @@ fn local_write_rate(limit: Duration) -> f64 {
     i as f64 / started.elapsed().as_secs_f64()
 }
 
-/// A histogram's cumulative buckets from a node's /metrics, as (upper bound in seconds, count).
-async fn buckets(url: &str, name: &str) -> Vec<(f64, f64)> {
-    let Ok(reply) = client().get(format!("{url}/metrics")).send().await else { return Vec::new() };
-    let text = reply.text().await.unwrap_or_default();
-    let prefix = format!("{name}_bucket{{le=\"");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
-            Some((le, count.parse().ok()?))
+/// Histograms' cumulative buckets from one reading of a node's /metrics, as
+/// (upper bound in seconds, count), for each (name, labels) in `which`.
+async fn histograms(url: &str, which: &[(&str, &str)]) -> Vec<Vec<(f64, f64)>> {
+    let text = match client().get(format!("{url}/metrics")).send().await {
+        Ok(reply) => reply.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    which
+        .iter()
+        .map(|(name, labels)| {
+            let sep = if labels.is_empty() { "" } else { "," };
+            let prefix = format!("{name}_bucket{{{labels}{sep}le=\"");
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .filter_map(|rest| {
+                    let (le, count) = rest.split_once("\"} ")?;
+                    let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                    Some((le, count.parse().ok()?))
+                })
+                .collect()
         })
         .collect()
 }
