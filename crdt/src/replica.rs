@@ -217,7 +217,11 @@ pub struct Replica {
     /// Records whose changes are all in their document (visible to reads).
     applied: VersionVector,
     /// Records held but not applied: the document holds back a change until its dependencies arrive.
-    pending: BTreeMap<(NodeId, u64), (DocId, Vec<automerge::ChangeHash>)>,
+    /// By document, so that settling one document's records (after every
+    /// apply to it) looks at that document's only.
+    pending: HashMap<DocId, Vec<((NodeId, u64), Vec<automerge::ChangeHash>)>>,
+    /// Records in `pending`.
+    pending_len: usize,
     /// Most entries in `pending` ([`PENDING_MAX`] unless lowered).
     pending_max: usize,
     /// Evicted documents (never also in `docs`).
@@ -246,7 +250,8 @@ impl Replica {
             last_seq: 0,
             digest: [0; 32],
             applied: VersionVector::new(),
-            pending: BTreeMap::new(),
+            pending: HashMap::new(),
+            pending_len: 0,
             cold: HashMap::new(),
             store: None,
             cache_limit: usize::MAX,
@@ -396,7 +401,7 @@ impl Replica {
         if self.store.is_none() || self.docs.len() <= target {
             return 0;
         }
-        let waiting: HashSet<&DocId> = self.pending.values().map(|(doc, _)| doc).collect();
+        let waiting: HashSet<&DocId> = self.pending.keys().collect();
         let mut candidates: Vec<(u64, DocId)> = self
             .docs
             .iter()
@@ -543,7 +548,7 @@ impl Replica {
         }
         let mut touched: Vec<DocId> = Vec::with_capacity(per_doc.len());
         // Room left for changes to wait, over all documents.
-        let mut pending_room = self.pending_max.saturating_sub(self.pending.len());
+        let mut pending_room = self.pending_max.saturating_sub(self.pending_len);
         for (id, changes) in per_doc {
             if let Err(err) = self.make_resident(&id) {
                 // Not received at all: the vector shows the gap and a later delivery retries.
@@ -631,7 +636,8 @@ impl Replica {
             self.vv.insert(origin, seq);
             // Received is not applied: the document holds back a change whose
             // dependencies are missing; it counts as applied once it is in.
-            self.pending.insert((origin, seq), (record.doc.clone(), hashes));
+            self.pending.entry(record.doc.clone()).or_default().push(((origin, seq), hashes));
+            self.pending_len += 1;
             self.log.insert(record);
             outcome.applied += 1;
         }
@@ -644,16 +650,17 @@ impl Replica {
     /// Moves records of `id` whose changes are now all in the document from
     /// pending to applied.
     fn settle_pending(&mut self, id: &DocId) {
-        let Some(state) = self.docs.get(id) else { return };
-        let settled: Vec<(NodeId, u64)> = self
-            .pending
-            .iter()
-            .filter(|(_, (doc, hashes))| doc == id && hashes.iter().all(|h| state.doc.has_change(h)))
-            .map(|(key, _)| *key)
-            .collect();
-        for (origin, seq) in settled {
-            self.pending.remove(&(origin, seq));
-            self.applied.insert(origin, seq);
+        let (Some(state), Some(records)) = (self.docs.get(id), self.pending.get_mut(id)) else { return };
+        records.retain(|((origin, seq), hashes)| {
+            let settled = hashes.iter().all(|h| state.doc.has_change(h));
+            if settled {
+                self.applied.insert(*origin, *seq);
+                self.pending_len -= 1;
+            }
+            !settled
+        });
+        if records.is_empty() {
+            self.pending.remove(id);
         }
     }
 
@@ -665,7 +672,7 @@ impl Replica {
 
     /// Records held but not yet applied (waiting for a dependency).
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        self.pending_len
     }
 
     /// Lowers (or raises) the limit on records received but waiting for a
@@ -740,7 +747,11 @@ impl Replica {
         self.vv.merge(vv);
         // Snapshots hold their changes: they are applied, not just received.
         self.applied.merge(vv);
-        self.pending.retain(|(origin, seq), _| !vv.contains(*origin, *seq));
+        for records in self.pending.values_mut() {
+            records.retain(|((origin, seq), _)| !vv.contains(*origin, *seq));
+        }
+        self.pending.retain(|_, records| !records.is_empty());
+        self.pending_len = self.pending.values().map(Vec::len).sum();
         self.last_seq = self.last_seq.max(self.vv.max(self.node));
     }
 

@@ -277,8 +277,12 @@ impl NodeMetrics {
 struct NodeMetrics {
     write_latency: Histogram,
     /// A local write's stages (`meridian_write_stage_seconds`), to tell
-    /// where its latency goes: queued for and applied by the writer thread,
-    /// as its request saw it (its wake-up included) ...
+    /// where its latency goes. Queued: from its request's hand-off until the
+    /// writer thread starts it (the writer busy with earlier writes, or not
+    /// on a CPU) ...
+    write_stage_queue: Histogram,
+    /// ... queued and applied, until its request has the answer (the rest
+    /// of its batch and the request's wake-up included) ...
     write_stage_writer: Histogram,
     /// ... then until durable, as its request saw it ...
     write_stage_durable: Histogram,
@@ -344,6 +348,9 @@ struct WriteJob {
     op: WriteOp,
     if_match: Option<String>,
     reply: tokio::sync::oneshot::Sender<Result<WriteReceipt, NodeError>>,
+    /// When its request handed it over, for the queue stage of
+    /// `meridian_write_stage_seconds`.
+    sent: Instant,
 }
 
 /// Most local writes the writer thread applies under one hold of the core lock.
@@ -374,6 +381,7 @@ fn writer_loop(shared: Arc<Shared>, jobs: mpsc::Receiver<WriteJob>) {
             let mut core = lock(&shared);
             let held = Instant::now();
             while let Some(job) = next.take() {
+                shared.metrics.write_stage_queue.observe(job.sent.elapsed());
                 // A panic (a bug) fails this write, not every later one.
                 let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     apply_local_write(&mut core, &job.id, &job.op, job.if_match.as_deref())
@@ -815,7 +823,7 @@ impl NodeRuntime {
         })?;
         let started = Instant::now();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = WriteJob { id: id.clone(), op, if_match, reply };
+        let job = WriteJob { id: id.clone(), op, if_match, reply, sent: started };
         let sent = match self.writer_tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             Some(writer) => writer.try_send(job),
             None => Err(mpsc::TrySendError::Disconnected(job)),
@@ -1799,11 +1807,15 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
         out,
         "meridian_write_stage_seconds",
         "histogram",
-        "Local write latency by stage: writer (queued and applied, as the request saw it), durable (from then until durable, as the request saw it), storage (of that, from the writer's hand-off to the commit, as the storage thread saw it).",
+        "Local write latency by stage: queue (until the writer thread starts it), writer (queued and applied, until the request has the answer), durable (from then until durable, as the request saw it), storage (of that, from the writer's hand-off to the commit, as the storage thread saw it).",
     );
-    for (stage, hist) in
-        [("writer", &m.write_stage_writer), ("durable", &m.write_stage_durable), ("storage", &m.write_stage_storage)]
-    {
+    let stages = [
+        ("queue", &m.write_stage_queue),
+        ("writer", &m.write_stage_writer),
+        ("durable", &m.write_stage_durable),
+        ("storage", &m.write_stage_storage),
+    ];
+    for (stage, hist) in stages {
         hist.render(out, "meridian_write_stage_seconds", &format!("stage=\"{stage}\""));
     }
     header(out, "meridian_fsync_duration_seconds", "histogram", "Storage commit (fsync) latency.");

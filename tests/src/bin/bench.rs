@@ -340,9 +340,10 @@ async fn write(options: &Options) -> ScenarioReport {
     let segment = measure / segments;
     // The node's histograms over the paced segments only, not the probes:
     // a write from apply to durable, a commit, and a write's stages.
-    const HISTS: [(&str, &str); 5] = [
+    const HISTS: [(&str, &str); 6] = [
         ("meridian_write_duration_seconds", ""),
         ("meridian_fsync_duration_seconds", ""),
+        ("meridian_write_stage_seconds", "stage=\"queue\""),
         ("meridian_write_stage_seconds", "stage=\"writer\""),
         ("meridian_write_stage_seconds", "stage=\"durable\""),
         ("meridian_write_stage_seconds", "stage=\"storage\""),
@@ -370,8 +371,9 @@ async fn write(options: &Options) -> ScenarioReport {
     progress.step(&describe(&mut at70));
     // Where the tail at 70% comes from: the node's own view of each write
     // (apply to durable) and of each commit, over the paced segments (their settling included).
-    let [write_p99, fsync_p99, writer_p99, durable_p99, storage_p99] =
-        [0, 1, 2, 3, 4].map(|i| bucket_quantile(&paced[i], 0.99));
+    let [write_p99, fsync_p99, queue_p99, writer_p99, durable_p99, storage_p99] =
+        [0, 1, 2, 3, 4, 5].map(|i| bucket_quantile(&paced[i], 0.99));
+    let queue_p50 = bucket_quantile(&paced[2], 0.5);
     let fsyncs = metric(&node.url, "meridian_storage_commits_total").await;
     let writes = metric(&node.url, "meridian_durable_sequence").await;
     drop(node);
@@ -396,9 +398,13 @@ async fn write(options: &Options) -> ScenarioReport {
             fmt(from_send_p99)
         ));
     }
-    if let (Some(writer), Some(durable), Some(storage)) = (writer_p99, durable_p99, storage_p99) {
+    if let (Some(queue50), Some(queue), Some(writer), Some(durable), Some(storage)) =
+        (queue_p50, queue_p99, writer_p99, durable_p99, storage_p99)
+    {
         notes.push(format!(
-            "a write's stages at 70% of peak, the node's own p99 (bucket bounds): queued for and applied by the writer thread, as the request saw it, <= {} ms; from then until durable, as the request saw it, <= {} ms; of that, from the writer's hand-off to the commit, as the storage thread saw it, <= {} ms",
+            "a write's stages at 70% of peak, the node's own p99 (bucket bounds): queued until the writer thread starts it <= {} ms (p50 <= {} ms); queued and applied, until the request has the answer, <= {} ms; from then until durable, as the request saw it, <= {} ms; of that, from the writer's hand-off to the commit, as the storage thread saw it, <= {} ms",
+            fmt(queue * 1000.0),
+            fmt(queue50 * 1000.0),
             fmt(writer * 1000.0),
             fmt(durable * 1000.0),
             fmt(storage * 1000.0)
