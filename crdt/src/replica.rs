@@ -197,6 +197,10 @@ pub struct SnapshotOf {
     pub generation: u64,
 }
 
+/// A record received but not applied: its (origin, seq) and the hashes of
+/// its changes, all of which must be in the document before it counts.
+type PendingRecord = ((NodeId, u64), Vec<automerge::ChangeHash>);
+
 /// Every document of one node, with its version vector and log.
 #[derive(Debug)]
 pub struct Replica {
@@ -219,7 +223,7 @@ pub struct Replica {
     /// Records held but not applied: the document holds back a change until its dependencies arrive.
     /// By document, so that settling one document's records (after every
     /// apply to it) looks at that document's only.
-    pending: HashMap<DocId, Vec<((NodeId, u64), Vec<automerge::ChangeHash>)>>,
+    pending: HashMap<DocId, Vec<PendingRecord>>,
     /// Records in `pending`.
     pending_len: usize,
     /// Most entries in `pending` ([`PENDING_MAX`] unless lowered).
