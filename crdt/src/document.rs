@@ -1130,12 +1130,18 @@ mod tests {
         assert_eq!(doc.to_json(), Some(json!({"a": 2})));
     }
 
-    #[test]
-    fn held_changes_wait_for_their_dependencies_and_are_checked_when_ready() {
+    /// Three changes by one actor, each depending on the one before.
+    fn chain_of_three() -> [Change; 3] {
         let mut source = Document::new();
         let x1 = source.put(json!({"a": 1}).as_object().unwrap(), &node_meta(7, 1)).unwrap().remove(0);
         let x2 = source.merge_patch(&json!({"b": 2}), &node_meta(7, 2)).unwrap().remove(0);
         let x3 = source.merge_patch(&json!({"c": 3}), &node_meta(7, 3)).unwrap().remove(0);
+        [x1, x2, x3]
+    }
+
+    #[test]
+    fn held_changes_wait_for_their_dependencies_and_are_checked_when_ready() {
+        let [x1, x2, x3] = chain_of_three();
 
         // Out of order: the later changes wait for the first, then all apply.
         let mut doc = Document::new();
@@ -1168,10 +1174,7 @@ mod tests {
 
     #[test]
     fn past_its_room_a_change_that_would_wait_is_deferred_and_earlier_held_ones_stay() {
-        let mut source = Document::new();
-        let x1 = source.put(json!({"a": 1}).as_object().unwrap(), &node_meta(7, 1)).unwrap().remove(0);
-        let x2 = source.merge_patch(&json!({"b": 2}), &node_meta(7, 2)).unwrap().remove(0);
-        let x3 = source.merge_patch(&json!({"c": 3}), &node_meta(7, 3)).unwrap().remove(0);
+        let [x1, x2, x3] = chain_of_three();
 
         let mut doc = Document::new();
         assert_eq!(doc.apply_changes_within(vec![x3.clone()], 1).unwrap(), NotApplied::default());

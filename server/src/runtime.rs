@@ -259,16 +259,21 @@ impl NodeMetrics {
         for (origin, seq, reason) in &outcome.rejected {
             tracing::warn!(%origin, seq, reason = %reason, "remote change refused");
         }
-        // One line per batch: under a flood of changes whose dependency is
-        // missing, one per record would be the flood again, in the log.
-        if let Some((origin, seq)) = outcome.deferred.first() {
-            tracing::warn!(
-                count = outcome.deferred.len(),
-                first_origin = %origin,
-                first_seq = seq,
-                "remote changes not taken: too many already wait for a dependency (they are sent again)"
-            );
-        }
+        warn_deferred(outcome, "remote");
+    }
+}
+
+/// Logs records `outcome` deferred, in one line per batch: under a flood of
+/// changes whose dependency is missing, one line per record would be the
+/// flood again, in the log. Peers send them again.
+fn warn_deferred(outcome: &meridian_crdt::ApplyOutcome, which: &str) {
+    if let Some((origin, seq)) = outcome.deferred.first() {
+        tracing::warn!(
+            count = outcome.deferred.len(),
+            first_origin = %origin,
+            first_seq = seq,
+            "{which} changes not taken: too many already wait for a dependency (peers send them again)"
+        );
     }
 }
 
@@ -580,16 +585,7 @@ impl NodeRuntime {
             // A peer's change that does not apply is left out, as it was when it arrived.
             tracing::warn!(%origin, seq, reason = %reason, "skipping a stored remote change that does not apply");
         }
-        if let Some((origin, seq)) = outcome.deferred.first() {
-            // Too many stored records wait for a dependency: the rest are not
-            // received, and peers send them again.
-            tracing::warn!(
-                count = outcome.deferred.len(),
-                first_origin = %origin,
-                first_seq = seq,
-                "stored remote changes not taken: too many already wait for a dependency"
-            );
-        }
+        warn_deferred(&outcome, "stored remote");
         let mut clock = Clock::wall_ns().map_err(|err| StorageError::Io {
             path: store.path().to_path_buf(),
             detail: format!("reading the clock: {err}"),
