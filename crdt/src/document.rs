@@ -336,15 +336,16 @@ impl Document {
         self.held = held
             .into_iter()
             .filter(|change| {
-                let keep = earlier.contains(&change.hash()) || room > 0;
-                if !earlier.contains(&change.hash()) {
-                    if keep {
-                        room -= 1;
-                    } else {
-                        deferred.push(change.hash());
-                    }
+                let hash = change.hash();
+                if earlier.contains(&hash) {
+                    true
+                } else if room > 0 {
+                    room -= 1;
+                    true
+                } else {
+                    deferred.push(hash);
+                    false
                 }
-                keep
             })
             .collect();
         Ok(NotApplied { refused, deferred })
