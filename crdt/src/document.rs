@@ -6,8 +6,9 @@
 //! ```text
 //! ROOT
 //! ├── "data": Map   ← the user's JSON object (created by the shared genesis change)
-//! └── "live"        ← a multi-value register: every write puts a value unique to
-//!                     it ("<origin>:<seq>"), DELETE puts false
+//! └── "live"        ← a multi-value register: a write that leaves no key of
+//!                     `data` holding a value of its own puts a value unique
+//!                     to it ("<origin>:<seq>"), DELETE puts false
 //! ```
 //!
 //! **Shared genesis.** Every replica starts each document from the same
@@ -17,11 +18,24 @@
 //!
 //! **Deletes.** DELETE removes every field the deleting replica has seen and
 //! writes `live = false`. A document exists while *any* concurrent value of
-//! `live` is not false. Each write's `live` value is unique because automerge
-//! skips a put of the value already there, and a skipped put would not be
-//! concurrent with a delete. So an update concurrent with a delete wins: the document
-//! survives, holding the fields that update wrote (fields only the deleter
-//! saw are gone). A write causally after a delete recreates the document.
+//! `live` is not false, or while `data` has a key. So an update concurrent
+//! with a delete wins: the document survives, holding the fields that update
+//! wrote (fields only the deleter saw are gone). A write causally after a
+//! delete recreates the document.
+//!
+//! Why a write may skip `live`: a write *W* that puts a value at a key of
+//! `data` (an op of its own, in the same change as its `live` value would
+//! be) has that value seen by exactly the deletes that would have seen its
+//! `live` value. A delete that saw *W* removes the value (it removes every
+//! field it sees), and one concurrent with *W* cannot, so `data` keeps a key
+//! exactly when `live` would have kept *W*'s value. Every other write (only
+//! nested edits, deletions, increments, or no change to `data`) puts `live`.
+//! Existence is the same function of the history either way. (Builds before
+//! this rule read `live` alone, so they would miss documents written by
+//! later ones: all regions run one build.) A put of the value already
+//! there makes no op of its own in automerge, so it does not count. Each
+//! `live` value is unique for the same reason: a skipped put would not be
+//! concurrent with a delete.
 //!
 //! **Counters.** `increment` on an absent member creates a counter there.
 //! Creation is itself a deterministic change (fixed actor derived from the
@@ -42,7 +56,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::change::ChangeMeta;
 use crate::hlc::Hlc;
-use crate::json::{self, Slot};
+use crate::json::{self, Memo, Memoized, Slot};
 use crate::patch::{PatchOp, Pointer};
 
 const GENESIS_ACTOR: &[u8] = b"meridian/genesis";
@@ -107,6 +121,14 @@ pub struct Document {
     /// The actors with a change in the document, built on first need (it
     /// costs a walk over the history) and kept up to date after that.
     actors: Option<HashSet<ActorId>>,
+    /// What local writes read, for the next one (see [`Memo`]): kept across
+    /// this node's own committed writes, cleared by [`Document::doc_mut`]
+    /// (every other change) and by a rolled-back write.
+    memo: Memo,
+    /// Puts `live` on every write, as builds before the skip did: the
+    /// reference the skip is tested against.
+    #[cfg(test)]
+    always_live: bool,
 }
 
 /// What [`Document::apply_changes_within`] did not take.
@@ -149,13 +171,23 @@ impl Document {
     pub fn new() -> Document {
         let mut doc = Automerge::new().with_actor(ActorId::from(GENESIS_ACTOR));
         let mut tx = doc.transaction();
-        let data = tx.put_object(ROOT, DATA_KEY, ObjType::Map).expect("genesis put on an empty document");
+        let data =
+            Transactable::put_object(&mut tx, ROOT, DATA_KEY, ObjType::Map).expect("genesis put on an empty document");
         tx.commit_with(CommitOptions::default().with_message(GENESIS_MESSAGE).with_time(0));
         Document::wrap(doc, data)
     }
 
     fn wrap(doc: Automerge, data: ObjId) -> Document {
-        Document { doc, data, rendered: Default::default(), held: Vec::new(), actors: None }
+        Document {
+            doc,
+            data,
+            rendered: Default::default(),
+            held: Vec::new(),
+            actors: None,
+            memo: Memo::default(),
+            #[cfg(test)]
+            always_live: false,
+        }
     }
 
     /// Loads a document saved by [`Document::save`].
@@ -175,7 +207,7 @@ impl Document {
 
     /// Whether the document exists (some concurrent `live` value is not false).
     pub fn exists(&self) -> bool {
-        live_at(&self.doc, None)
+        live_at(&self.doc, &self.data, None)
     }
 
     /// The document as JSON, or `None` if it does not exist.
@@ -200,10 +232,13 @@ impl Document {
         (hit.body.clone(), hit.etag.clone())
     }
 
-    /// The automerge document, for a change: drops the rendering for reads.
-    /// The only way to change `doc`, so that no rendering outlives its state.
+    /// The automerge document, for a change: drops the rendering for reads
+    /// and the memo of local writes' reads. The only way to change `doc`
+    /// (but for a local write's own transaction, which keeps the memo
+    /// current), so that neither outlives the state it describes.
     fn doc_mut(&mut self) -> &mut Automerge {
         self.rendered.take();
+        self.memo.clear();
         &mut self.doc
     }
 
@@ -373,7 +408,8 @@ impl Document {
 
     /// The document as of `heads`, or `None` if it did not exist then.
     pub fn to_json_at(&self, heads: &[ChangeHash]) -> Option<Json> {
-        live_at(&self.doc, Some(heads)).then(|| json::read_object(&self.doc, &self.data, ObjType::Map, Some(heads)))
+        live_at(&self.doc, &self.data, Some(heads))
+            .then(|| json::read_object(&self.doc, &self.data, ObjType::Map, Some(heads)))
     }
 
     /// Whether the change with this hash is in the document.
@@ -574,9 +610,9 @@ impl Document {
     pub fn delete(&mut self, meta: &ChangeMeta) -> Result<Vec<Change>, DocumentError> {
         let data = self.data.clone();
         self.commit_inner(meta, Vec::new(), false, |tx| {
-            let keys: Vec<String> = tx.keys(&data).collect();
+            let keys: Vec<String> = json::View::keys(tx, &data);
             for key in keys {
-                tx.delete(&data, key.as_str())?;
+                json::Edit::delete(tx, &data, key.as_str())?;
             }
             Ok(())
         })
@@ -584,7 +620,7 @@ impl Document {
 
     fn commit<F>(&mut self, meta: &ChangeMeta, prelude: Vec<Change>, edit: F) -> Result<Vec<Change>, DocumentError>
     where
-        F: FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), DocumentError>,
+        F: FnOnce(&mut Memoized<'_, automerge::transaction::Transaction<'_>>) -> Result<(), DocumentError>,
     {
         self.commit_inner(meta, prelude, true, edit)
     }
@@ -600,29 +636,42 @@ impl Document {
         edit: F,
     ) -> Result<Vec<Change>, DocumentError>
     where
-        F: FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), DocumentError>,
+        F: FnOnce(&mut Memoized<'_, automerge::transaction::Transaction<'_>>) -> Result<(), DocumentError>,
     {
-        let doc = self.doc_mut();
-        doc.set_actor(meta.origin.actor());
-        let mut tx = doc.transaction();
-        if let Err(err) = edit(&mut tx) {
-            tx.rollback();
-            return Err(err);
-        }
-        let live_value = if live {
-            ScalarValue::Str(format!("{}:{}", meta.origin, meta.seq).into())
-        } else {
-            ScalarValue::Boolean(false)
+        // Not `doc_mut`: this transaction keeps the memo current itself.
+        self.rendered.take();
+        self.doc.set_actor(meta.origin.actor());
+        let mut tx = self.doc.transaction();
+        let mut memoized = Memoized::new(&mut tx, &mut self.memo, &self.data);
+        let edited = edit(&mut memoized);
+        let leaves_own_key = memoized.leaves_own_key();
+        #[cfg(test)]
+        let leaves_own_key = leaves_own_key && !self.always_live;
+        // `live` is at the root, outside the data the memo covers. A write
+        // that leaves a key of `data` holding a value of its own needs no
+        // `live` value: that value is concurrent with exactly the deletes
+        // its `live` value would be, and survives them just the same (see
+        // the module docs). Skipping it saves a put per write, the most
+        // expensive part of a small one.
+        let live_value = match (live, leaves_own_key) {
+            (true, true) => None,
+            (true, false) => Some(ScalarValue::Str(format!("{}:{}", meta.origin, meta.seq).into())),
+            (false, _) => Some(ScalarValue::Boolean(false)),
         };
-        if let Err(err) = tx.put(ROOT, LIVE_KEY, live_value) {
+        let marked = edited.and_then(|()| match live_value {
+            Some(value) => Ok(Transactable::put(&mut tx, ROOT, LIVE_KEY, value)?),
+            None => Ok(()),
+        });
+        if let Err(err) = marked {
             tx.rollback();
-            return Err(err.into());
+            self.memo.clear();
+            return Err(err);
         }
         let options = CommitOptions::default()
             .with_message(meta.to_message())
             .with_time(i64::try_from(meta.hlc.wall_ms()).unwrap_or(i64::MAX));
         let (hash, _) = tx.commit_with(options);
-        let hash = hash.expect("a transaction that wrote `live` has at least one op");
+        let hash = hash.expect("a transaction that wrote `live` or a key of `data` has at least one op");
         let change = self.doc.get_change_by_hash(&hash).expect("just committed");
         self.note_actor(change.actor_id().clone());
         prelude.push(change);
@@ -640,7 +689,7 @@ impl Document {
         let mut fork = self.doc.fork_at(&[parent_change])?;
         fork.set_actor(ActorId::from(format!("meridian/counter/{obj}/{key}").into_bytes()));
         let mut tx = fork.transaction();
-        tx.put(obj, key, ScalarValue::counter(0))?;
+        Transactable::put(&mut tx, obj, key, ScalarValue::counter(0))?;
         let (hash, _) = tx.commit_with(CommitOptions::default().with_message(COUNTER_MESSAGE).with_time(0));
         let hash = hash.expect("one op");
         if self.doc.get_change_by_hash(&hash).is_some() {
@@ -718,16 +767,22 @@ pub struct ConflictValue {
     pub wins: bool,
 }
 
-/// Whether `live` holds a value other than false (at `heads`, or now).
-fn live_at<R: ReadDoc>(doc: &R, heads: Option<&[ChangeHash]>) -> bool {
+/// Whether the document exists (at `heads`, or now): `live` holds a value
+/// other than false, or `data` has a key (see the module docs).
+fn live_at<R: ReadDoc>(doc: &R, data: &ObjId, heads: Option<&[ChangeHash]>) -> bool {
     let values = match heads {
         Some(h) => doc.get_all_at(ROOT, LIVE_KEY, h),
         None => doc.get_all(ROOT, LIVE_KEY),
     };
-    values
+    let marked = values
         .unwrap_or_default()
         .iter()
-        .any(|(value, _)| !matches!(value, AmValue::Scalar(s) if matches!(s.as_ref(), ScalarValue::Boolean(false))))
+        .any(|(value, _)| !matches!(value, AmValue::Scalar(s) if matches!(s.as_ref(), ScalarValue::Boolean(false))));
+    marked
+        || match heads {
+            Some(h) => doc.length_at(data, h) > 0,
+            None => doc.length(data) > 0,
+        }
 }
 
 /// Order-independent digest of a set of heads: XOR of the hashes. Heads are
@@ -774,8 +829,8 @@ impl From<AutomergeError> for OpFailure {
     }
 }
 
-fn apply_ops<T: Transactable>(
-    tx: &mut T,
+fn apply_ops<E: json::Edit>(
+    tx: &mut E,
     data: &ObjId,
     ops: &[PatchOp],
     counters: &mut Vec<(ObjId, String)>,
@@ -801,8 +856,8 @@ fn apply_ops<T: Transactable>(
     Ok(())
 }
 
-fn apply_op<T: Transactable>(
-    tx: &mut T,
+fn apply_op<E: json::Edit>(
+    tx: &mut E,
     data: &ObjId,
     op: &PatchOp,
     counters: &mut Vec<(ObjId, String)>,
@@ -913,14 +968,14 @@ fn check_depth(path: &Pointer, value: &Json) -> Result<(), OpFailure> {
     Ok(())
 }
 
-fn replace_root<T: Transactable>(tx: &mut T, data: &ObjId, value: &Json) -> Result<(), OpFailure> {
+fn replace_root<E: json::Edit>(tx: &mut E, data: &ObjId, value: &Json) -> Result<(), OpFailure> {
     match value {
         Json::Object(map) => Ok(json::update_map(tx, data, map)?),
         _ => Err(invalid("the document itself must stay a JSON object")),
     }
 }
 
-fn add<T: Transactable>(tx: &mut T, data: &ObjId, path: &Pointer, value: &Json) -> Result<(), OpFailure> {
+fn add<E: json::Edit>(tx: &mut E, data: &ObjId, path: &Pointer, value: &Json) -> Result<(), OpFailure> {
     check_depth(path, value)?;
     match resolve(tx, data, path)? {
         Target::Root => replace_root(tx, data, value),
@@ -933,7 +988,7 @@ fn add<T: Transactable>(tx: &mut T, data: &ObjId, path: &Pointer, value: &Json) 
     }
 }
 
-fn remove<T: Transactable>(tx: &mut T, data: &ObjId, path: &Pointer) -> Result<(), OpFailure> {
+fn remove<E: json::Edit>(tx: &mut E, data: &ObjId, path: &Pointer) -> Result<(), OpFailure> {
     match resolve(tx, data, path)? {
         Target::Root => Err(invalid("cannot remove the whole document; use DELETE")),
         Target::Member { obj, key } => {
@@ -950,24 +1005,24 @@ fn remove<T: Transactable>(tx: &mut T, data: &ObjId, path: &Pointer) -> Result<(
     }
 }
 
-fn read<T: Transactable>(tx: &T, data: &ObjId, path: &Pointer) -> Result<Json, OpFailure> {
+fn read<E: json::Edit>(tx: &mut E, data: &ObjId, path: &Pointer) -> Result<Json, OpFailure> {
     let missing = || conflict(format!("nothing at {path}"));
     match resolve(tx, data, path)? {
-        Target::Root => Ok(json::read_object(tx, data, ObjType::Map, None)),
+        Target::Root => Ok(json::render_object(tx, data, ObjType::Map)),
         Target::Member { obj, key } => {
             let (value, id) = tx.get(&obj, key.as_str())?.ok_or_else(missing)?;
-            Ok(json::read_value(tx, value, &id, None))
+            Ok(json::render_value(tx, value, &id))
         }
         Target::Element { obj, index, len } if index < len => {
             let (value, id) = tx.get(&obj, index)?.ok_or_else(missing)?;
-            Ok(json::read_value(tx, value, &id, None))
+            Ok(json::render_value(tx, value, &id))
         }
         Target::Element { .. } | Target::End { .. } => Err(missing()),
     }
 }
 
 /// Walks `path` to its parent container and classifies the last token.
-fn resolve<T: Transactable>(tx: &T, data: &ObjId, path: &Pointer) -> Result<Target, OpFailure> {
+fn resolve<E: json::Edit>(tx: &mut E, data: &ObjId, path: &Pointer) -> Result<Target, OpFailure> {
     let Some((last, parents)) = path.tokens.split_last() else {
         return Ok(Target::Root);
     };
@@ -1024,7 +1079,121 @@ fn parse_index(token: &str, len: usize) -> Result<usize, OpFailure> {
 mod tests {
     use super::*;
     use crate::ids::NodeId;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// One step of a three-replica history for [`skipping_live_changes_no_existence`].
+    #[derive(Clone, Debug)]
+    enum Step {
+        Patch { at: usize, patch: Json },
+        Increment { at: usize, key: &'static str },
+        Delete { at: usize },
+        Sync { from: usize, to: usize },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        // Two keys and many syncs: writes meet concurrent deletes often.
+        let key = prop::sample::select(vec!["a", "b"]);
+        let value = prop_oneof![
+            (0i64..3).prop_map(Json::from),
+            Just(Json::Null),
+            (0i64..2).prop_map(|x| json!({ "x": x })),
+            (0i64..2).prop_map(|y| json!({ "y": y })),
+        ];
+        let patch = prop::collection::btree_map(key.clone(), value, 0..=2)
+            .prop_map(|members| Json::Object(members.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
+        prop_oneof![
+            4 => (0..3usize, patch).prop_map(|(at, patch)| Step::Patch { at, patch }),
+            1 => (0..3usize, key).prop_map(|(at, key)| Step::Increment { at, key }),
+            2 => (0..3usize).prop_map(|at| Step::Delete { at }),
+            4 => (0..3usize, 0..3usize).prop_map(|(from, to)| Step::Sync { from, to }),
+        ]
+    }
+
+    /// Runs `steps` on three replicas; after each, whether each replica's
+    /// document exists and which keys it has.
+    fn run(steps: &[Step], always_live: bool) -> Vec<Vec<Option<Vec<String>>>> {
+        let mut docs: Vec<Document> = (0..3).map(|_| Document { always_live, ..Document::new() }).collect();
+        let mut seqs = [0u64; 3];
+        let mut seen = Vec::new();
+        for (n, step) in steps.iter().enumerate() {
+            let mut meta = |at: usize| {
+                seqs[at] += 1;
+                ChangeMeta { origin: NodeId(at as u64 + 1), seq: seqs[at], hlc: Hlc::new(n as u64 + 1, 0) }
+            };
+            match step {
+                Step::Patch { at, patch } => {
+                    let meta = meta(*at);
+                    let _ = docs[*at].merge_patch(patch, &meta);
+                }
+                Step::Increment { at, key } => {
+                    let meta = meta(*at);
+                    let ops =
+                        crate::patch::parse_patch(&json!([{"op": "increment", "path": format!("/{key}"), "value": 1}]))
+                            .unwrap();
+                    let _ = docs[*at].json_patch(&ops, &meta);
+                }
+                // As the API: a DELETE of a document that does not exist is a 404.
+                Step::Delete { at } if docs[*at].exists() => {
+                    let meta = meta(*at);
+                    docs[*at].delete(&meta).unwrap();
+                }
+                Step::Delete { .. } => {}
+                Step::Sync { from, to } => {
+                    let changes = docs[*from].doc.get_changes(&[]);
+                    docs[*to].apply_changes(changes).unwrap();
+                }
+            }
+            seen.push(
+                docs.iter().map(|d| d.to_json().map(|j| j.as_object().unwrap().keys().cloned().collect())).collect(),
+            );
+        }
+        seen
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        /// A write that skips `live` (it leaves a key of `data` of its own)
+        /// gives every replica, at every step, the same existence and the
+        /// same keys as when every write puts `live`. Values may differ:
+        /// the skipped op shifts op counters, and so which concurrent value wins.
+        #[test]
+        fn skipping_live_changes_no_existence(steps in prop::collection::vec(step(), 1..40)) {
+            prop_assert_eq!(run(&steps, false), run(&steps, true));
+        }
+    }
+
+    #[test]
+    fn a_write_with_a_key_of_its_own_skips_live_and_a_nested_one_does_not() {
+        let mut doc = Document::new();
+        doc.merge_patch(&json!({"a": {"x": 1}}), &meta(1)).unwrap();
+        let lives = |doc: &Document| doc.doc.get_all(ROOT, LIVE_KEY).unwrap().len();
+        assert_eq!(lives(&doc), 0, "a put of its own at the top: no live value");
+        doc.merge_patch(&json!({"a": {"x": 2}}), &meta(2)).unwrap();
+        assert_eq!(lives(&doc), 1, "a nested edit only: a live value");
+        doc.delete(&meta(4)).unwrap();
+        assert!(!doc.exists());
+        doc.merge_patch(&json!({"b": 1}), &meta(5)).unwrap();
+        assert!(doc.exists(), "a write after a delete recreates the document without a live value");
+    }
+
+    #[test]
+    fn a_nested_edit_concurrent_with_a_delete_keeps_the_document_and_so_does_a_top_level_one() {
+        let at = |n: u64, seq: u64| ChangeMeta { origin: NodeId(n), seq, hlc: Hlc::new(seq, 0) };
+        for (edit, survives) in [(json!({"a": {"x": 2}}), json!({})), (json!({"b": 1}), json!({"b": 1}))] {
+            let mut one = Document::new();
+            one.merge_patch(&json!({"a": {"x": 1}}), &at(1, 1)).unwrap();
+            let mut two = Document::new();
+            two.apply_changes(one.doc.get_changes(&[])).unwrap();
+            one.merge_patch(&edit, &at(1, 2)).unwrap();
+            two.delete(&at(2, 1)).unwrap();
+            let (from_one, from_two) = (one.doc.get_changes(&[]), two.doc.get_changes(&[]));
+            one.apply_changes(from_two).unwrap();
+            two.apply_changes(from_one).unwrap();
+            assert_eq!(one.to_json(), Some(survives.clone()), "after {edit}");
+            assert_eq!(two.to_json(), Some(survives), "after {edit}");
+        }
+    }
 
     fn meta(seq: u64) -> ChangeMeta {
         ChangeMeta { origin: NodeId(1), seq, hlc: Hlc::new(seq, 0) }

@@ -11,61 +11,371 @@
 //! A number written over a counter is applied as an increment by the
 //! difference, so concurrent increments are not lost to a read-modify-write.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 use automerge::transaction::Transactable;
 use automerge::{AutomergeError, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value as AmValue};
 use serde_json::{Map, Number, Value as Json};
 
+/// What the mapping reads: a document as of some heads ([`At`]), any
+/// automerge transaction in progress, or one that remembers its reads
+/// ([`Memoized`]). Values come back owned, so a view may hand out copies.
+pub trait View {
+    /// The winning value at `prop` of `obj` and its id, as automerge's `get`.
+    fn get<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P)
+        -> Result<Option<(AmValue<'static>, ObjId)>, AutomergeError>;
+    /// The keys of the map `obj`, in automerge's order.
+    fn keys(&mut self, obj: &ObjId) -> Vec<String>;
+    /// The length of the list `obj`.
+    fn length(&mut self, obj: &ObjId) -> usize;
+    /// The text object `obj` as a string.
+    fn text(&mut self, obj: &ObjId) -> String;
+}
+
+/// The edits the mapping makes, on top of its reads.
+pub trait Edit: View {
+    fn put<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, value: ScalarValue) -> Result<(), AutomergeError>;
+    fn put_object<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, typ: ObjType) -> Result<ObjId, AutomergeError>;
+    fn insert(&mut self, list: &ObjId, index: usize, value: ScalarValue) -> Result<(), AutomergeError>;
+    fn insert_object(&mut self, list: &ObjId, index: usize, typ: ObjType) -> Result<ObjId, AutomergeError>;
+    fn delete<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P) -> Result<(), AutomergeError>;
+    fn increment<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, by: i64) -> Result<(), AutomergeError>;
+}
+
+impl<T: Transactable> View for T {
+    fn get<P: Into<Prop>>(
+        &mut self,
+        obj: &ObjId,
+        prop: P,
+    ) -> Result<Option<(AmValue<'static>, ObjId)>, AutomergeError> {
+        Ok(ReadDoc::get(self, obj, prop)?.map(|(value, id)| (value.into_owned(), id)))
+    }
+    fn keys(&mut self, obj: &ObjId) -> Vec<String> {
+        ReadDoc::keys(self, obj).collect()
+    }
+    fn length(&mut self, obj: &ObjId) -> usize {
+        ReadDoc::length(self, obj)
+    }
+    fn text(&mut self, obj: &ObjId) -> String {
+        ReadDoc::text(self, obj).unwrap_or_default()
+    }
+}
+
+impl<T: Transactable> Edit for T {
+    fn put<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, value: ScalarValue) -> Result<(), AutomergeError> {
+        Transactable::put(self, obj, prop, value)
+    }
+    fn put_object<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, typ: ObjType) -> Result<ObjId, AutomergeError> {
+        Transactable::put_object(self, obj, prop, typ)
+    }
+    fn insert(&mut self, list: &ObjId, index: usize, value: ScalarValue) -> Result<(), AutomergeError> {
+        Transactable::insert(self, list, index, value)
+    }
+    fn insert_object(&mut self, list: &ObjId, index: usize, typ: ObjType) -> Result<ObjId, AutomergeError> {
+        Transactable::insert_object(self, list, index, typ)
+    }
+    fn delete<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P) -> Result<(), AutomergeError> {
+        Transactable::delete(self, obj, prop)
+    }
+    fn increment<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, by: i64) -> Result<(), AutomergeError> {
+        Transactable::increment(self, obj, prop, by)
+    }
+}
+
+/// A document read as of `heads` (`None`: its current state).
+pub struct At<'a, R> {
+    pub doc: &'a R,
+    pub heads: Option<&'a [ChangeHash]>,
+}
+
+impl<R: ReadDoc> View for At<'_, R> {
+    fn get<P: Into<Prop>>(
+        &mut self,
+        obj: &ObjId,
+        prop: P,
+    ) -> Result<Option<(AmValue<'static>, ObjId)>, AutomergeError> {
+        let got = match self.heads {
+            Some(h) => self.doc.get_at(obj, prop, h)?,
+            None => self.doc.get(obj, prop)?,
+        };
+        Ok(got.map(|(value, id)| (value.into_owned(), id)))
+    }
+    fn keys(&mut self, obj: &ObjId) -> Vec<String> {
+        match self.heads {
+            Some(h) => self.doc.keys_at(obj, h).collect(),
+            None => self.doc.keys(obj).collect(),
+        }
+    }
+    fn length(&mut self, obj: &ObjId) -> usize {
+        match self.heads {
+            Some(h) => self.doc.length_at(obj, h),
+            None => self.doc.length(obj),
+        }
+    }
+    fn text(&mut self, obj: &ObjId) -> String {
+        match self.heads {
+            Some(h) => self.doc.text_at(obj, h),
+            None => self.doc.text(obj),
+        }
+        .unwrap_or_default()
+    }
+}
+
+/// What local writes to one document read, kept for its next local write.
+///
+/// A merge patch reads every value it might change (to leave equal values
+/// untouched and to turn numbers written over counters into increments),
+/// and those reads were a fifth of a small write's CPU in automerge
+/// (profiled in process, `Automerge::get_for`). A document's next local write
+/// usually reads the same values, and nothing but this node's own writes
+/// changed them in between: the memo answers those reads.
+///
+/// Valid only while every change to the document goes through a
+/// [`Memoized`] transaction that commits: [`crate::Document`] clears it on
+/// any other change (remote changes, merges, loads) and on a rollback.
+/// Debug builds check every answer against automerge.
+#[derive(Debug, Default)]
+pub struct Memo {
+    objects: HashMap<ObjId, ObjectMemo>,
+    /// Values remembered over all objects, for the bound.
+    entries: usize,
+}
+
+/// Most values a [`Memo`] keeps before it starts over: small documents fit,
+/// and a large one costs a bounded amount of memory.
+pub const MEMO_MAX: usize = 256;
+
+#[derive(Debug, Default)]
+struct ObjectMemo {
+    values: BTreeMap<Prop, Option<(AmValue<'static>, ObjId)>>,
+    keys: Option<Vec<String>>,
+    length: Option<usize>,
+}
+
+impl Memo {
+    /// Forgets everything (the document changed some other way).
+    pub fn clear(&mut self) {
+        self.objects.clear();
+        self.entries = 0;
+    }
+
+    /// Values remembered now.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    fn remember(&mut self, obj: &ObjId, prop: Prop, value: Option<(AmValue<'static>, ObjId)>) {
+        if self.entries >= MEMO_MAX {
+            self.clear();
+        }
+        if self.objects.entry(obj.clone()).or_default().values.insert(prop, value).is_none() {
+            self.entries += 1;
+        }
+    }
+
+    /// Forgets one object (a list whose indices shifted).
+    fn forget(&mut self, obj: &ObjId) {
+        if let Some(gone) = self.objects.remove(obj) {
+            self.entries -= gone.values.len();
+        }
+    }
+}
+
+/// A transaction that answers reads from a [`Memo`] and keeps it current
+/// with its own edits. It also tracks which keys of one map (`watch`, the
+/// document's data) its own puts leave set, for [`Memoized::leaves_own_key`].
+pub struct Memoized<'m, T> {
+    tx: &'m mut T,
+    memo: &'m mut Memo,
+    watch: &'m ObjId,
+    /// Keys of `watch` whose visible value this transaction put (and did
+    /// not delete again).
+    written: BTreeSet<String>,
+}
+
+impl<'m, T: Transactable> Memoized<'m, T> {
+    pub fn new(tx: &'m mut T, memo: &'m mut Memo, watch: &'m ObjId) -> Self {
+        Memoized { tx, memo, watch, written: BTreeSet::new() }
+    }
+
+    /// Whether some key of `watch` now holds a value this transaction put:
+    /// an op of its own, concurrent with whatever it is concurrent with.
+    pub fn leaves_own_key(&self) -> bool {
+        !self.written.is_empty()
+    }
+
+    /// Notes a put at `prop` of `obj` that made an op of its own.
+    fn own_put(&mut self, obj: &ObjId, prop: &Prop) {
+        if let (Prop::Map(key), true) = (prop, obj == self.watch) {
+            self.written.insert(key.clone());
+        }
+    }
+}
+
+impl<T: Transactable> Memoized<'_, T> {
+    /// A map key was set or removed: the key list is stale unless it already
+    /// held the key and still does.
+    fn key_written(&mut self, obj: &ObjId, prop: &Prop, present: bool) {
+        if let (Prop::Map(key), Some(memo)) = (prop, self.memo.objects.get_mut(obj)) {
+            if memo.keys.as_ref().is_some_and(|keys| !present || !keys.contains(key)) {
+                memo.keys = None;
+            }
+        }
+    }
+}
+
+impl<T: Transactable> View for Memoized<'_, T> {
+    fn get<P: Into<Prop>>(
+        &mut self,
+        obj: &ObjId,
+        prop: P,
+    ) -> Result<Option<(AmValue<'static>, ObjId)>, AutomergeError> {
+        let prop = prop.into();
+        if let Some(known) = self.memo.objects.get(obj).and_then(|m| m.values.get(&prop)) {
+            debug_assert_eq!(
+                known.as_ref().map(|(v, _)| v),
+                View::get(self.tx, obj, prop.clone())?.as_ref().map(|(v, _)| v),
+                "the memo of {obj}/{prop:?} is out of step with automerge"
+            );
+            return Ok(known.clone());
+        }
+        let got = View::get(self.tx, obj, prop.clone())?;
+        self.memo.remember(obj, prop, got.clone());
+        Ok(got)
+    }
+    fn keys(&mut self, obj: &ObjId) -> Vec<String> {
+        if let Some(keys) = self.memo.objects.get(obj).and_then(|m| m.keys.clone()) {
+            debug_assert_eq!(keys, View::keys(self.tx, obj), "the memo of {obj}'s keys is out of step");
+            return keys;
+        }
+        let keys = View::keys(self.tx, obj);
+        self.memo.objects.entry(obj.clone()).or_default().keys = Some(keys.clone());
+        keys
+    }
+    fn length(&mut self, obj: &ObjId) -> usize {
+        if let Some(length) = self.memo.objects.get(obj).and_then(|m| m.length) {
+            debug_assert_eq!(length, View::length(self.tx, obj), "the memo of {obj}'s length is out of step");
+            return length;
+        }
+        let length = View::length(self.tx, obj);
+        self.memo.objects.entry(obj.clone()).or_default().length = Some(length);
+        length
+    }
+    fn text(&mut self, obj: &ObjId) -> String {
+        View::text(self.tx, obj)
+    }
+}
+
+impl<T: Transactable> Edit for Memoized<'_, T> {
+    fn put<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, value: ScalarValue) -> Result<(), AutomergeError> {
+        let prop = prop.into();
+        // automerge makes no op of its own for a put of the winning value
+        // (none, or a delete of the losers), so such a put leaves no key.
+        let winner = View::get(self, obj, prop.clone())?;
+        let same = matches!(&winner, Some((AmValue::Scalar(current), _)) if current.as_ref() == &value);
+        Edit::put(self.tx, obj, prop.clone(), value.clone())?;
+        if !same {
+            self.own_put(obj, &prop);
+        }
+        self.key_written(obj, &prop, true);
+        // A scalar's id is never read back (only objects' are), so the
+        // object's own id stands in for the new op's.
+        self.memo.remember(obj, prop, Some((AmValue::Scalar(std::borrow::Cow::Owned(value)), obj.clone())));
+        Ok(())
+    }
+    fn put_object<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, typ: ObjType) -> Result<ObjId, AutomergeError> {
+        let prop = prop.into();
+        let child = Edit::put_object(self.tx, obj, prop.clone(), typ)?;
+        self.own_put(obj, &prop);
+        self.key_written(obj, &prop, true);
+        self.memo.remember(obj, prop, Some((AmValue::Object(typ), child.clone())));
+        Ok(child)
+    }
+    fn insert(&mut self, list: &ObjId, index: usize, value: ScalarValue) -> Result<(), AutomergeError> {
+        self.memo.forget(list);
+        Edit::insert(self.tx, list, index, value)
+    }
+    fn insert_object(&mut self, list: &ObjId, index: usize, typ: ObjType) -> Result<ObjId, AutomergeError> {
+        self.memo.forget(list);
+        Edit::insert_object(self.tx, list, index, typ)
+    }
+    fn delete<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P) -> Result<(), AutomergeError> {
+        let prop = prop.into();
+        Edit::delete(self.tx, obj, prop.clone())?;
+        match prop {
+            Prop::Map(ref key) => {
+                if obj == self.watch {
+                    self.written.remove(key);
+                }
+                self.key_written(obj, &prop, false);
+                self.memo.remember(obj, prop, None);
+            }
+            Prop::Seq(_) => self.memo.forget(obj),
+        }
+        Ok(())
+    }
+    fn increment<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P, by: i64) -> Result<(), AutomergeError> {
+        let prop = prop.into();
+        Edit::increment(self.tx, obj, prop.clone(), by)?;
+        // An increment is not a put: a concurrent delete of the counter hides it.
+        if let (Prop::Map(key), true) = (&prop, obj == self.watch) {
+            self.written.remove(key);
+        }
+        // A counter's value is its running total: read it afresh next time.
+        if let Some(memo) = self.memo.objects.get_mut(obj) {
+            if memo.values.remove(&prop).is_some() {
+                self.memo.entries -= 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads the object `obj` of type `typ` as JSON, optionally as of `heads`.
 pub fn read_object<R: ReadDoc>(doc: &R, obj: &ObjId, typ: ObjType, heads: Option<&[ChangeHash]>) -> Json {
+    render_object(&mut At { doc, heads }, obj, typ)
+}
+
+/// Reads one value (scalar or object) as JSON.
+pub fn read_value<R: ReadDoc>(doc: &R, value: AmValue<'_>, id: &ObjId, heads: Option<&[ChangeHash]>) -> Json {
+    render_value(&mut At { doc, heads }, value, id)
+}
+
+/// The object `obj` of type `typ` as JSON, as `view` sees it.
+pub fn render_object<V: View>(view: &mut V, obj: &ObjId, typ: ObjType) -> Json {
     match typ {
         ObjType::Map | ObjType::Table => {
-            let keys: Vec<String> = match heads {
-                Some(h) => doc.keys_at(obj, h).collect(),
-                None => doc.keys(obj).collect(),
-            };
             let mut out = Map::new();
-            for key in keys {
-                let got = match heads {
-                    Some(h) => doc.get_at(obj, key.as_str(), h),
-                    None => doc.get(obj, key.as_str()),
-                };
-                if let Ok(Some((value, id))) = got {
-                    out.insert(key, read_value(doc, value, &id, heads));
+            for key in view.keys(obj) {
+                if let Ok(Some((value, id))) = view.get(obj, key.as_str()) {
+                    out.insert(key, render_value(view, value, &id));
                 }
             }
             Json::Object(out)
         }
         ObjType::List => {
-            let len = match heads {
-                Some(h) => doc.length_at(obj, h),
-                None => doc.length(obj),
-            };
+            let len = view.length(obj);
             let mut out = Vec::with_capacity(len);
             for index in 0..len {
-                let got = match heads {
-                    Some(h) => doc.get_at(obj, index, h),
-                    None => doc.get(obj, index),
-                };
-                if let Ok(Some((value, id))) = got {
-                    out.push(read_value(doc, value, &id, heads));
+                if let Ok(Some((value, id))) = view.get(obj, index) {
+                    out.push(render_value(view, value, &id));
                 }
             }
             Json::Array(out)
         }
-        ObjType::Text => {
-            let text = match heads {
-                Some(h) => doc.text_at(obj, h),
-                None => doc.text(obj),
-            };
-            Json::String(text.unwrap_or_default())
-        }
+        ObjType::Text => Json::String(view.text(obj)),
     }
 }
 
-/// Reads one value (scalar or object) as JSON.
-pub fn read_value<R: ReadDoc>(doc: &R, value: AmValue<'_>, id: &ObjId, heads: Option<&[ChangeHash]>) -> Json {
+/// One value (scalar or object) as JSON, as `view` sees it.
+pub fn render_value<V: View>(view: &mut V, value: AmValue<'_>, id: &ObjId) -> Json {
     match value {
-        AmValue::Object(typ) => read_object(doc, id, typ, heads),
+        AmValue::Object(typ) => render_object(view, id, typ),
         AmValue::Scalar(scalar) => scalar_to_json(&scalar),
     }
 }
@@ -148,7 +458,7 @@ impl Slot {
 }
 
 /// Writes `value` into a fresh slot: sets a map key, or overwrites a list element.
-pub fn put_new<T: Transactable>(tx: &mut T, obj: &ObjId, slot: &Slot, value: &Json) -> Result<(), AutomergeError> {
+pub fn put_new<E: Edit>(tx: &mut E, obj: &ObjId, slot: &Slot, value: &Json) -> Result<(), AutomergeError> {
     match value {
         Json::Object(map) => {
             let child = tx.put_object(obj, slot.prop(), ObjType::Map)?;
@@ -163,7 +473,7 @@ pub fn put_new<T: Transactable>(tx: &mut T, obj: &ObjId, slot: &Slot, value: &Js
 }
 
 /// Inserts `value` into a list at `index`, shifting later elements.
-pub fn insert_new<T: Transactable>(tx: &mut T, list: &ObjId, index: usize, value: &Json) -> Result<(), AutomergeError> {
+pub fn insert_new<E: Edit>(tx: &mut E, list: &ObjId, index: usize, value: &Json) -> Result<(), AutomergeError> {
     match value {
         Json::Object(map) => {
             let child = tx.insert_object(list, index, ObjType::Map)?;
@@ -177,14 +487,14 @@ pub fn insert_new<T: Transactable>(tx: &mut T, list: &ObjId, index: usize, value
     }
 }
 
-fn fill_map<T: Transactable>(tx: &mut T, obj: &ObjId, map: &Map<String, Json>) -> Result<(), AutomergeError> {
+fn fill_map<E: Edit>(tx: &mut E, obj: &ObjId, map: &Map<String, Json>) -> Result<(), AutomergeError> {
     for (key, value) in map {
         put_new(tx, obj, &Slot::Key(key.clone()), value)?;
     }
     Ok(())
 }
 
-fn fill_list<T: Transactable>(tx: &mut T, obj: &ObjId, items: &[Json]) -> Result<(), AutomergeError> {
+fn fill_list<E: Edit>(tx: &mut E, obj: &ObjId, items: &[Json]) -> Result<(), AutomergeError> {
     for (index, value) in items.iter().enumerate() {
         insert_new(tx, obj, index, value)?;
     }
@@ -192,8 +502,8 @@ fn fill_list<T: Transactable>(tx: &mut T, obj: &ObjId, items: &[Json]) -> Result
 }
 
 /// Makes the map `obj` equal `wanted` with the smallest edit.
-pub fn update_map<T: Transactable>(tx: &mut T, obj: &ObjId, wanted: &Map<String, Json>) -> Result<(), AutomergeError> {
-    let existing: Vec<String> = tx.keys(obj).collect();
+pub fn update_map<E: Edit>(tx: &mut E, obj: &ObjId, wanted: &Map<String, Json>) -> Result<(), AutomergeError> {
+    let existing: Vec<String> = tx.keys(obj);
     for key in existing {
         if !wanted.contains_key(&key) {
             tx.delete(obj, key.as_str())?;
@@ -208,7 +518,7 @@ pub fn update_map<T: Transactable>(tx: &mut T, obj: &ObjId, wanted: &Map<String,
 /// Makes the value at `slot` of `obj` equal `wanted` with the smallest edit:
 /// recursing into containers of the same kind, incrementing counters, and
 /// leaving equal values untouched.
-pub fn update_slot<T: Transactable>(tx: &mut T, obj: &ObjId, slot: &Slot, wanted: &Json) -> Result<(), AutomergeError> {
+pub fn update_slot<E: Edit>(tx: &mut E, obj: &ObjId, slot: &Slot, wanted: &Json) -> Result<(), AutomergeError> {
     let current = tx.get(obj, slot.prop())?.map(|(v, id)| (v.into_owned(), id));
     match (current, wanted) {
         (None, _) => put_new(tx, obj, slot, wanted),
@@ -232,7 +542,7 @@ pub fn update_slot<T: Transactable>(tx: &mut T, obj: &ObjId, slot: &Slot, wanted
         }
         (Some((value, id)), _) => {
             // A container replaced by a different kind of value (or text).
-            if !json_eq(&read_value(tx, value, &id, None), wanted) {
+            if !json_eq(&render_value(tx, value, &id), wanted) {
                 put_new(tx, obj, slot, wanted)?;
             }
             Ok(())
@@ -242,8 +552,8 @@ pub fn update_slot<T: Transactable>(tx: &mut T, obj: &ObjId, slot: &Slot, wanted
 
 /// Makes the list `obj` equal `wanted`: keep the common prefix and suffix,
 /// edit the middle element by element, then insert or delete the rest.
-pub fn update_list<T: Transactable>(tx: &mut T, obj: &ObjId, wanted: &[Json]) -> Result<(), AutomergeError> {
-    let current = match read_object(tx, obj, ObjType::List, None) {
+pub fn update_list<E: Edit>(tx: &mut E, obj: &ObjId, wanted: &[Json]) -> Result<(), AutomergeError> {
+    let current = match render_object(tx, obj, ObjType::List) {
         Json::Array(items) => items,
         _ => Vec::new(),
     };
@@ -269,11 +579,7 @@ pub fn update_list<T: Transactable>(tx: &mut T, obj: &ObjId, wanted: &[Json]) ->
 }
 
 /// Applies an RFC 7396 merge patch object to the map `obj`.
-pub fn merge_patch_map<T: Transactable>(
-    tx: &mut T,
-    obj: &ObjId,
-    patch: &Map<String, Json>,
-) -> Result<(), AutomergeError> {
+pub fn merge_patch_map<E: Edit>(tx: &mut E, obj: &ObjId, patch: &Map<String, Json>) -> Result<(), AutomergeError> {
     for (key, value) in patch {
         match value {
             Json::Null => {
@@ -345,7 +651,7 @@ mod tests {
         // Found by the json_patch fuzz target: the delta wrapped, and automerge's
         // running total overflowed (a panic in debug builds).
         let mut doc = automerge::AutoCommit::new();
-        doc.put(automerge::ROOT, "n", ScalarValue::counter(-5)).unwrap();
+        Edit::put(&mut doc, &automerge::ROOT, "n", ScalarValue::counter(-5)).unwrap();
         update_slot(&mut doc, &automerge::ROOT, &Slot::Key("n".into()), &json!(i64::MAX)).unwrap();
         assert_eq!(read_object(&doc, &automerge::ROOT, ObjType::Map, None), json!({"n": i64::MAX}));
         update_slot(&mut doc, &automerge::ROOT, &Slot::Key("n".into()), &json!(7)).unwrap();
