@@ -11,7 +11,7 @@
 //! A number written over a counter is applied as an increment by the
 //! difference, so concurrent increments are not lost to a read-modify-write.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use automerge::transaction::Transactable;
 use automerge::{AutomergeError, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value as AmValue};
@@ -22,8 +22,7 @@ use serde_json::{Map, Number, Value as Json};
 /// ([`Memoized`]). Values come back owned, so a view may hand out copies.
 pub trait View {
     /// The winning value at `prop` of `obj` and its id, as automerge's `get`.
-    fn get<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P)
-        -> Result<Option<(AmValue<'static>, ObjId)>, AutomergeError>;
+    fn get<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P) -> Result<Got, AutomergeError>;
     /// The keys of the map `obj`, in automerge's order.
     fn keys(&mut self, obj: &ObjId) -> Vec<String>;
     /// The length of the list `obj`.
@@ -43,11 +42,7 @@ pub trait Edit: View {
 }
 
 impl<T: Transactable> View for T {
-    fn get<P: Into<Prop>>(
-        &mut self,
-        obj: &ObjId,
-        prop: P,
-    ) -> Result<Option<(AmValue<'static>, ObjId)>, AutomergeError> {
+    fn get<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P) -> Result<Got, AutomergeError> {
         Ok(ReadDoc::get(self, obj, prop)?.map(|(value, id)| (value.into_owned(), id)))
     }
     fn keys(&mut self, obj: &ObjId) -> Vec<String> {
@@ -89,11 +84,7 @@ pub struct At<'a, R> {
 }
 
 impl<R: ReadDoc> View for At<'_, R> {
-    fn get<P: Into<Prop>>(
-        &mut self,
-        obj: &ObjId,
-        prop: P,
-    ) -> Result<Option<(AmValue<'static>, ObjId)>, AutomergeError> {
+    fn get<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P) -> Result<Got, AutomergeError> {
         let got = match self.heads {
             Some(h) => self.doc.get_at(obj, prop, h)?,
             None => self.doc.get(obj, prop)?,
@@ -134,20 +125,28 @@ impl<R: ReadDoc> View for At<'_, R> {
 /// [`Memoized`] transaction that commits: [`crate::Document`] clears it on
 /// any other change (remote changes, merges, loads) and on a rollback.
 /// Debug builds check every answer against automerge.
+///
+/// Small vectors searched in order, not maps: a small document's memo holds
+/// a handful of values (about half a kilobyte per resident document), and a
+/// scan of a few beats hashing an object id.
 #[derive(Debug, Default)]
 pub struct Memo {
-    objects: HashMap<ObjId, ObjectMemo>,
+    objects: Vec<ObjectMemo>,
     /// Values remembered over all objects, for the bound.
     entries: usize,
 }
 
 /// Most values a [`Memo`] keeps before it starts over: small documents fit,
-/// and a large one costs a bounded amount of memory.
-pub const MEMO_MAX: usize = 256;
+/// and a large one costs a bounded amount of memory and search.
+pub const MEMO_MAX: usize = 64;
 
-#[derive(Debug, Default)]
+/// A value as `get` returns it: the winner and its id, or nothing there.
+pub type Got = Option<(AmValue<'static>, ObjId)>;
+
+#[derive(Debug)]
 struct ObjectMemo {
-    values: BTreeMap<Prop, Option<(AmValue<'static>, ObjId)>>,
+    obj: ObjId,
+    values: Vec<(Prop, Got)>,
     keys: Option<Vec<String>>,
     length: Option<usize>,
 }
@@ -169,19 +168,56 @@ impl Memo {
         self.entries == 0
     }
 
-    fn remember(&mut self, obj: &ObjId, prop: Prop, value: Option<(AmValue<'static>, ObjId)>) {
+    fn object(&self, obj: &ObjId) -> Option<&ObjectMemo> {
+        self.objects.iter().find(|m| &m.obj == obj)
+    }
+
+    fn object_mut(&mut self, obj: &ObjId) -> Option<&mut ObjectMemo> {
+        self.objects.iter_mut().find(|m| &m.obj == obj)
+    }
+
+    fn object_or_new(&mut self, obj: &ObjId) -> &mut ObjectMemo {
+        match self.objects.iter().position(|m| &m.obj == obj) {
+            Some(at) => &mut self.objects[at],
+            None => {
+                self.objects.push(ObjectMemo { obj: obj.clone(), values: Vec::new(), keys: None, length: None });
+                self.objects.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    fn value(&self, obj: &ObjId, prop: &Prop) -> Option<&Got> {
+        self.object(obj)?.values.iter().find(|(p, _)| p == prop).map(|(_, got)| got)
+    }
+
+    fn remember(&mut self, obj: &ObjId, prop: Prop, value: Got) {
         if self.entries >= MEMO_MAX {
             self.clear();
         }
-        if self.objects.entry(obj.clone()).or_default().values.insert(prop, value).is_none() {
-            self.entries += 1;
+        let memo = self.object_or_new(obj);
+        match memo.values.iter_mut().find(|(p, _)| *p == prop) {
+            Some((_, got)) => *got = value,
+            None => {
+                memo.values.push((prop, value));
+                self.entries += 1;
+            }
+        }
+    }
+
+    /// Forgets one value (a counter's running total).
+    fn forget_value(&mut self, obj: &ObjId, prop: &Prop) {
+        if let Some(memo) = self.object_mut(obj) {
+            if let Some(at) = memo.values.iter().position(|(p, _)| p == prop) {
+                memo.values.swap_remove(at);
+                self.entries -= 1;
+            }
         }
     }
 
     /// Forgets one object (a list whose indices shifted).
     fn forget(&mut self, obj: &ObjId) {
-        if let Some(gone) = self.objects.remove(obj) {
-            self.entries -= gone.values.len();
+        if let Some(at) = self.objects.iter().position(|m| &m.obj == obj) {
+            self.entries -= self.objects.swap_remove(at).values.len();
         }
     }
 }
@@ -221,7 +257,7 @@ impl<T: Transactable> Memoized<'_, T> {
     /// A map key was set or removed: the key list is stale unless it already
     /// held the key and still does.
     fn key_written(&mut self, obj: &ObjId, prop: &Prop, present: bool) {
-        if let (Prop::Map(key), Some(memo)) = (prop, self.memo.objects.get_mut(obj)) {
+        if let (Prop::Map(key), Some(memo)) = (prop, self.memo.object_mut(obj)) {
             if memo.keys.as_ref().is_some_and(|keys| !present || !keys.contains(key)) {
                 memo.keys = None;
             }
@@ -230,13 +266,9 @@ impl<T: Transactable> Memoized<'_, T> {
 }
 
 impl<T: Transactable> View for Memoized<'_, T> {
-    fn get<P: Into<Prop>>(
-        &mut self,
-        obj: &ObjId,
-        prop: P,
-    ) -> Result<Option<(AmValue<'static>, ObjId)>, AutomergeError> {
+    fn get<P: Into<Prop>>(&mut self, obj: &ObjId, prop: P) -> Result<Got, AutomergeError> {
         let prop = prop.into();
-        if let Some(known) = self.memo.objects.get(obj).and_then(|m| m.values.get(&prop)) {
+        if let Some(known) = self.memo.value(obj, &prop) {
             debug_assert_eq!(
                 known.as_ref().map(|(v, _)| v),
                 View::get(self.tx, obj, prop.clone())?.as_ref().map(|(v, _)| v),
@@ -249,21 +281,21 @@ impl<T: Transactable> View for Memoized<'_, T> {
         Ok(got)
     }
     fn keys(&mut self, obj: &ObjId) -> Vec<String> {
-        if let Some(keys) = self.memo.objects.get(obj).and_then(|m| m.keys.clone()) {
+        if let Some(keys) = self.memo.object(obj).and_then(|m| m.keys.clone()) {
             debug_assert_eq!(keys, View::keys(self.tx, obj), "the memo of {obj}'s keys is out of step");
             return keys;
         }
         let keys = View::keys(self.tx, obj);
-        self.memo.objects.entry(obj.clone()).or_default().keys = Some(keys.clone());
+        self.memo.object_or_new(obj).keys = Some(keys.clone());
         keys
     }
     fn length(&mut self, obj: &ObjId) -> usize {
-        if let Some(length) = self.memo.objects.get(obj).and_then(|m| m.length) {
+        if let Some(length) = self.memo.object(obj).and_then(|m| m.length) {
             debug_assert_eq!(length, View::length(self.tx, obj), "the memo of {obj}'s length is out of step");
             return length;
         }
         let length = View::length(self.tx, obj);
-        self.memo.objects.entry(obj.clone()).or_default().length = Some(length);
+        self.memo.object_or_new(obj).length = Some(length);
         length
     }
     fn text(&mut self, obj: &ObjId) -> String {
@@ -327,11 +359,7 @@ impl<T: Transactable> Edit for Memoized<'_, T> {
             self.written.remove(key);
         }
         // A counter's value is its running total: read it afresh next time.
-        if let Some(memo) = self.memo.objects.get_mut(obj) {
-            if memo.values.remove(&prop).is_some() {
-                self.memo.entries -= 1;
-            }
-        }
+        self.memo.forget_value(obj, &prop);
         Ok(())
     }
 }
