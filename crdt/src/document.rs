@@ -18,7 +18,9 @@
 //!
 //! **Deletes.** DELETE removes every field the deleting replica has seen and
 //! writes `live = false`. A document exists while *any* concurrent value of
-//! `live` is not false, or while `data` has a key. So an update concurrent
+//! `live` is not false, or while a key of `data` holds a value a write put
+//! (a counter's shared creation change does not count: it depends on the
+//! genesis alone, so it is concurrent with every delete). So an update concurrent
 //! with a delete wins: the document survives, holding the fields that update
 //! wrote (fields only the deleter saw are gone). A write causally after a
 //! delete recreates the document.
@@ -32,7 +34,7 @@
 //! nested edits, deletions, increments, or no change to `data`) puts `live`.
 //! Existence is the same function of the history either way. (Builds before
 //! this rule read `live` alone, so they would miss documents written by
-//! later ones: all regions run one build.) A put of the value already
+//! later ones: gossip protocol version 3 refuses their peers.) A put of the value already
 //! there makes no op of its own in automerge, so it does not count. Each
 //! `live` value is unique for the same reason: a skipped put would not be
 //! concurrent with a delete.
@@ -251,9 +253,19 @@ impl Document {
 
     /// A strong validator of the document's state, quoted for the ETag header.
     pub fn etag(&self) -> String {
-        let digest = heads_digest(&self.heads());
-        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        format!("\"{hex}\"")
+        // The digest is order-independent, so the heads need no sort; and
+        // one push per digit, not a `format!` per byte (every write and
+        // every read computes this).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digest = heads_digest(&self.doc.get_heads());
+        let mut tag = String::with_capacity(26);
+        tag.push('"');
+        for byte in &digest[..12] {
+            tag.push(char::from(HEX[usize::from(byte >> 4)]));
+            tag.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        tag.push('"');
+        tag
     }
 
     /// Number of changes in the document's history.
@@ -687,7 +699,7 @@ impl Document {
             return Ok(None);
         };
         let mut fork = self.doc.fork_at(&[parent_change])?;
-        fork.set_actor(ActorId::from(format!("meridian/counter/{obj}/{key}").into_bytes()));
+        fork.set_actor(ActorId::from(format!("{COUNTER_ACTOR_PREFIX}{obj}/{key}").into_bytes()));
         let mut tx = fork.transaction();
         Transactable::put(&mut tx, obj, key, ScalarValue::counter(0))?;
         let (hash, _) = tx.commit_with(CommitOptions::default().with_message(COUNTER_MESSAGE).with_time(0));
@@ -767,8 +779,12 @@ pub struct ConflictValue {
     pub wins: bool,
 }
 
+/// The actors of counter-creation changes start with this.
+const COUNTER_ACTOR_PREFIX: &str = "meridian/counter/";
+
 /// Whether the document exists (at `heads`, or now): `live` holds a value
-/// other than false, or `data` has a key (see the module docs).
+/// other than false, or a key of `data` holds a value a write put (see the
+/// module docs).
 fn live_at<R: ReadDoc>(doc: &R, data: &ObjId, heads: Option<&[ChangeHash]>) -> bool {
     let values = match heads {
         Some(h) => doc.get_all_at(ROOT, LIVE_KEY, h),
@@ -778,11 +794,29 @@ fn live_at<R: ReadDoc>(doc: &R, data: &ObjId, heads: Option<&[ChangeHash]>) -> b
         .unwrap_or_default()
         .iter()
         .any(|(value, _)| !matches!(value, AmValue::Scalar(s) if matches!(s.as_ref(), ScalarValue::Boolean(false))));
-    marked
-        || match heads {
-            Some(h) => doc.length_at(data, h) > 0,
-            None => doc.length(data) > 0,
-        }
+    marked || has_written_key(doc, data, heads)
+}
+
+/// Whether some key of `data` holds a value put by a write, not only by a
+/// counter's creation change: that change is shared, depends on the
+/// genesis alone and is stamped at time 0, so it is concurrent with every
+/// delete and in every snapshot, and must not make a document exist (the
+/// write that needed it puts `live`, as an increment is not a put).
+fn has_written_key<R: ReadDoc>(doc: &R, data: &ObjId, heads: Option<&[ChangeHash]>) -> bool {
+    let keys: Vec<String> = match heads {
+        Some(h) => doc.keys_at(data, h).collect(),
+        None => doc.keys(data).collect(),
+    };
+    keys.iter().any(|key| {
+        let values = match heads {
+            Some(h) => doc.get_all_at(data, key.as_str(), h),
+            None => doc.get_all(data, key.as_str()),
+        };
+        values.unwrap_or_default().iter().any(|(_, id)| match id {
+            ObjId::Id(_, actor, _) => !actor.to_bytes().starts_with(COUNTER_ACTOR_PREFIX.as_bytes()),
+            ObjId::Root => false,
+        })
+    })
 }
 
 /// Order-independent digest of a set of heads: XOR of the hashes. Heads are
@@ -1175,6 +1209,20 @@ mod tests {
         assert!(!doc.exists());
         doc.merge_patch(&json!({"b": 1}), &meta(5)).unwrap();
         assert!(doc.exists(), "a write after a delete recreates the document without a live value");
+    }
+
+    #[test]
+    fn a_counters_creation_change_alone_makes_no_document() {
+        // Found by the cluster simulation: a snapshot read at a time before
+        // the increment saw the creation change (time 0) and no `live`.
+        let mut doc = Document::new();
+        let changes = increment(&mut doc, 1, "/n", 0).unwrap();
+        assert_eq!(changes.len(), 2, "the creation change, then the write");
+        let mut other = Document::new();
+        other.apply_changes(vec![changes[0].clone()]).unwrap();
+        assert!(!other.exists());
+        other.apply_changes(vec![changes[1].clone()]).unwrap();
+        assert_eq!(other.to_json(), Some(json!({"n": 0})));
     }
 
     #[test]

@@ -15,8 +15,11 @@ use std::net::SocketAddr;
 use meridian_crdt::token::{read_varint, write_varint};
 use meridian_crdt::{ChangeRecord, DocId, Hlc, NodeId, VersionVector};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this build speaks. 3: a write that leaves a key of
+/// a document's data holding a value of its own no longer puts `live`
+/// (see `meridian_crdt::document`); a version-2 node would read such
+/// documents as absent, so the two must not replicate to each other.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame accepted (a snapshot chunk or a batch of records).
 pub const FRAME_BYTES_MAX: usize = 16 << 20;
 /// Most records in one `Changes` message.
