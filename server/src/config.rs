@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Documents kept in memory; others load from disk on first use [default: 20000]
     #[arg(long, env = "MERIDIAN_DOC_CACHE", value_name = "DOCS")]
     pub doc_cache: Option<usize>,
+    /// Documents that may wait for a durable snapshot before local writes wait for checkpoints [default: 40000]
+    #[arg(long, env = "MERIDIAN_UNPERSISTED_DOCS_MAX", value_name = "DOCS")]
+    pub unpersisted_docs_max: Option<usize>,
     /// Directory with ca.pem and this node's certificate (see `meridian certs`); enables replication
     #[arg(long, env = "MERIDIAN_CERTS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
@@ -115,6 +118,7 @@ struct FileConfig {
     checkpoint_interval_ms: Option<u64>,
     storage_cache_mb: Option<usize>,
     doc_cache: Option<usize>,
+    unpersisted_docs_max: Option<usize>,
     certs: Option<PathBuf>,
     cert_name: Option<String>,
     listen_peer: Option<String>,
@@ -179,6 +183,9 @@ pub struct Config {
     pub storage_cache_bytes: usize,
     /// Documents kept in memory (the document cache).
     pub doc_cache: usize,
+    /// Documents changed and not yet in a durable snapshot beyond which
+    /// local writes wait for checkpoints (such documents cannot leave memory).
+    pub unpersisted_docs_max: usize,
     /// Replication settings; `None` runs the node alone.
     pub replication: Option<ReplicationConfig>,
     /// Admin bearer token; admin endpoints answer 404 without one.
@@ -221,6 +228,9 @@ pub struct ReplicationConfig {
 pub const STORAGE_CACHE_MB_DEFAULT: usize = 64;
 /// Default document cache: about 400 MiB of small automerge documents.
 pub const DOC_CACHE_DEFAULT: usize = 20_000;
+/// Default for `--unpersisted-docs-max`: at about 20 KB per small resident
+/// document, 40,000 of them and a full default cache stay well inside 2 GiB.
+pub const UNPERSISTED_DOCS_MAX_DEFAULT: usize = 40_000;
 const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
 
 impl Config {
@@ -240,6 +250,7 @@ impl Config {
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)
                 .unwrap_or(DOC_CACHE_DEFAULT),
+            unpersisted_docs_max: UNPERSISTED_DOCS_MAX_DEFAULT,
             replication: None,
             admin_token: None,
             tokens: Tokens::new(),
@@ -312,6 +323,14 @@ impl Config {
         let doc_cache = args.doc_cache.or(file.doc_cache).unwrap_or(DOC_CACHE_DEFAULT);
         if !(1..=100_000_000).contains(&doc_cache) {
             return Err(invalid("doc_cache", format!("{doc_cache} is out of range; use 1 to 100000000 documents")));
+        }
+        let unpersisted_docs_max =
+            args.unpersisted_docs_max.or(file.unpersisted_docs_max).unwrap_or(UNPERSISTED_DOCS_MAX_DEFAULT);
+        if !(1..=100_000_000).contains(&unpersisted_docs_max) {
+            return Err(invalid(
+                "unpersisted_docs_max",
+                format!("{unpersisted_docs_max} is out of range; use 1 to 100000000 documents"),
+            ));
         }
         let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("meridian-data"));
         let admin_token = match std::env::var("MERIDIAN_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
@@ -438,6 +457,7 @@ impl Config {
             checkpoint_interval: Duration::from_millis(checkpoint_ms),
             storage_cache_bytes: storage_cache_mb << 20,
             doc_cache,
+            unpersisted_docs_max,
             replication,
             admin_token,
             tokens,
@@ -583,6 +603,12 @@ mod tests {
         for bad in [0, 100_000_001] {
             let err = Config::resolve(ServeArgs { doc_cache: Some(bad), ..ServeArgs::default() }).unwrap_err();
             assert_eq!(err.field, "doc_cache");
+            assert!(err.to_string().contains("use 1 to 100000000"), "{err}");
+        }
+        for bad in [0, 100_000_001] {
+            let err =
+                Config::resolve(ServeArgs { unpersisted_docs_max: Some(bad), ..ServeArgs::default() }).unwrap_err();
+            assert_eq!(err.field, "unpersisted_docs_max");
             assert!(err.to_string().contains("use 1 to 100000000"), "{err}");
         }
         let path = write_file("cache", "storage_cache_mb = 256\ndoc_cache = 500\n");

@@ -70,25 +70,37 @@ const SNAPSHOTS_PER_STEP: std::ops::RangeInclusive<usize> = 8..=2048;
 /// behind snapshot CPU.
 const CHECKPOINT_PACE: u32 = 6;
 /// With more dirty documents than this waiting (a bulk load outrunning the
-/// checkpoints), steps are not paced: dirty documents stay in memory until
-/// their snapshot is durable, so a growing backlog is a growing heap.
+/// checkpoints), or than the forced-checkpoint count if that is lower,
+/// steps are not paced: dirty documents stay in memory until their snapshot
+/// is durable, so a growing backlog is a growing heap, and local writes may
+/// be waiting for the checkpoint (with a limit of 8 and pacing, 600 new
+/// documents took two minutes to write, each checkpoint resting between
+/// its steps while every write waited).
 const DIRTY_BACKLOG_UNPACED: usize = 10_000;
 /// Log records deleted per commit once a checkpoint covers them. The
 /// deletion follows the checkpoint a chunk per commit, in memory and on
 /// disk alike, rather than all at once in its last step: thousands of
 /// deletions in one commit (and under the core lock) were the write tail.
 const TRUNCATE_PER_COMMIT: u64 = 512;
-/// A checkpoint is also forced when this many documents are dirty.
+/// A checkpoint is also forced when this many documents are dirty, or half
+/// of `--unpersisted-docs-max` if that is fewer (see [`forced_checkpoint_at`]).
 pub const DIRTY_DOCS_MAX: usize = 25_000;
-/// Local writes wait while more documents than this are changed and not yet
-/// in a durable snapshot (dirty, or in the checkpoint in progress). Such a
-/// document cannot leave memory, so without this a bulk load that outruns
-/// the checkpoints grows the heap without bound: 1,000,000 new documents
-/// written at 4,800/s peaked at 11 GiB, checkpoints persisting about 3,000/s.
-/// Above [`DIRTY_DOCS_MAX`], so that a forced checkpoint starts before any
-/// write waits; at about 20 KB per small resident document, 40,000 of them
-/// and a full cache stay well inside the 2 GiB the scale target allows.
-pub const UNPERSISTED_DOCS_MAX: usize = 40_000;
+
+/// Dirty documents that force a checkpoint, given the limit above which
+/// local writes wait (`--unpersisted-docs-max`). Local writes wait while
+/// more documents than the limit are changed and not yet in a durable
+/// snapshot (dirty, or in the checkpoint in progress). Such a document
+/// cannot leave memory, so without the wait a bulk load that outruns the
+/// checkpoints grows the heap without bound: 1,000,000 new documents written
+/// at 4,800/s peaked at 11 GiB, checkpoints persisting about 3,000/s.
+///
+/// At or below the limit, so that whenever writes wait a checkpoint is in
+/// progress or due: either one is running (and its end lowers the count),
+/// or every unpersisted document is dirty, more than the limit, so at least
+/// this many. Half the limit, so that one usually starts before any write waits.
+pub fn forced_checkpoint_at(unpersisted_max: usize) -> usize {
+    DIRTY_DOCS_MAX.min(unpersisted_max / 2).max(1)
+}
 /// Feed entries kept for resuming event streams; older ones are dropped at checkpoints.
 pub const FEED_KEEP: u64 = 1_000_000;
 /// Live feed events buffered per subscriber before it must catch up from disk.
@@ -308,6 +320,10 @@ struct NodeMetrics {
     storage_records: AtomicU64,
     /// Microseconds, so the seconds gauge keeps sub-millisecond recoveries distinct from zero.
     recovery_us: AtomicU64,
+    /// Times the writer held local writes back for checkpoints, and for how
+    /// long in all, in microseconds (see [`wait_for_checkpoints`]).
+    backpressure_waits: AtomicU64,
+    backpressure_us: AtomicU64,
     remote_applied: AtomicU64,
     remote_duplicates: AtomicU64,
     remote_dropped: AtomicU64,
@@ -322,8 +338,10 @@ struct NodeMetrics {
 struct Shared {
     core: Mutex<Core>,
     /// Documents changed and not yet in a durable snapshot, as the storage
-    /// thread last counted them (see [`UNPERSISTED_DOCS_MAX`]).
+    /// thread last counted them (see [`forced_checkpoint_at`]).
     unpersisted: std::sync::atomic::AtomicUsize,
+    /// `--unpersisted-docs-max`: above it, local writes wait for checkpoints.
+    unpersisted_max: usize,
     /// Bumped whenever applied state or closed timestamps move: readers waiting for `after` or `at` re-check.
     progress: watch::Sender<u64>,
     /// Committed changes, in feed order, for event streams.
@@ -439,25 +457,32 @@ fn writer_loop(shared: Arc<Shared>, jobs: mpsc::Receiver<WriteJob>) {
 }
 
 /// Holds local writes back while too many documents wait for a durable
-/// snapshot (see [`UNPERSISTED_DOCS_MAX`]): writes then go at the pace of
+/// snapshot (see [`forced_checkpoint_at`]): writes then go at the pace of
 /// the checkpoints, queued in the bounded job channel (full, requests get
-/// a 503), instead of growing the heap. The wait shows in the `queue` stage
-/// of `meridian_write_stage_seconds`. The storage thread zeroes the count
+/// a 503), instead of growing the heap. Each wait is counted in
+/// `meridian_write_backpressure_waits_total` and its time in
+/// `meridian_write_backpressure_seconds_total` (and in the `queue` stage of
+/// `meridian_write_stage_seconds`). The storage thread zeroes the count
 /// when it ends, so no write waits on a node that is stopping.
 fn wait_for_checkpoints(shared: &Shared) {
-    let mut warned = false;
+    let mut waiting: Option<Instant> = None;
     loop {
         let unpersisted = shared.unpersisted.load(Ordering::Acquire);
-        if unpersisted <= UNPERSISTED_DOCS_MAX {
+        if unpersisted <= shared.unpersisted_max {
+            if let Some(since) = waiting {
+                let metrics = &shared.metrics;
+                metrics.backpressure_us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
             return;
         }
-        if !warned {
+        if waiting.is_none() {
             tracing::warn!(
                 unpersisted,
-                limit = UNPERSISTED_DOCS_MAX,
+                limit = shared.unpersisted_max,
                 "local writes wait for checkpoints to persist documents (writes outrun snapshots)"
             );
-            warned = true;
+            shared.metrics.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+            waiting = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -651,6 +676,7 @@ impl NodeRuntime {
             }),
             metrics: NodeMetrics::default(),
             unpersisted: std::sync::atomic::AtomicUsize::new(0),
+            unpersisted_max: config.unpersisted_docs_max,
             progress: watch::channel(0).0,
             feed: tokio::sync::broadcast::channel(FEED_BROADCAST_CAPACITY).0,
             feed_head: AtomicU64::new(recovered.next_feed - 1),
@@ -673,6 +699,8 @@ impl NodeRuntime {
             hlc_lease: recovered.hlc_lease,
             shared: shared.clone(),
             dirty,
+            forced_at: forced_checkpoint_at(config.unpersisted_docs_max),
+            step_docs: 0,
             committed_ticket: 0,
             committed_local_seq: local_seq,
             checkpoint_vv: recovered.checkpoint,
@@ -1631,7 +1659,7 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let handshakes_refused = runtime.driver.get().map_or(0, |d| load(&d.stats.handshakes_refused));
     // Every scalar series: name, type, help, value. One table, one loop.
-    let series: [(&str, &str, &str, u64); 22] = [
+    let series: [(&str, &str, &str, u64); 25] = [
         ("meridian_documents", "gauge", "Documents that currently exist on this node.", documents as u64),
         (
             "meridian_documents_resident",
@@ -1646,6 +1674,24 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
             runtime.doc_cache as u64,
         ),
         ("meridian_document_cache_loads_total", "counter", "Cold documents loaded from disk.", cache.1),
+        (
+            "meridian_documents_unpersisted",
+            "gauge",
+            "Documents changed and not yet in a durable snapshot (they stay in memory until they are).",
+            runtime.shared.unpersisted.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "meridian_documents_unpersisted_limit",
+            "gauge",
+            "Above this many unpersisted documents, local writes wait for checkpoints (--unpersisted-docs-max).",
+            runtime.shared.unpersisted_max as u64,
+        ),
+        (
+            "meridian_write_backpressure_waits_total",
+            "counter",
+            "Times local writes waited for checkpoints to persist documents.",
+            load(&m.backpressure_waits),
+        ),
         ("meridian_log_entries", "gauge", "Change records held in the log.", log_entries as u64),
         ("meridian_log_bytes", "gauge", "Automerge change bytes held in the log.", log_bytes as u64),
         ("meridian_local_sequence", "gauge", "Last sequence number given to a local write.", last_seq),
@@ -1734,6 +1780,13 @@ fn render_metrics(runtime: &NodeRuntime, out: &mut String) {
         header(out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
+    header(
+        out,
+        "meridian_write_backpressure_seconds_total",
+        "counter",
+        "Time local writes waited for checkpoints (too many documents not yet in a durable snapshot).",
+    );
+    let _ = writeln!(out, "meridian_write_backpressure_seconds_total {}", load(&m.backpressure_us) as f64 / 1e6);
     header(out, "meridian_recovery_duration_seconds", "gauge", "Time the last start spent recovering from storage.");
     let _ = writeln!(out, "meridian_recovery_duration_seconds {}", load(&m.recovery_us) as f64 / 1e6);
     // The same figure reads report as staleness_ms; without replication there is nothing to wait for, so 0.
@@ -1965,6 +2018,11 @@ struct StorageWorker {
     hlc_lease: Hlc,
     shared: Arc<Shared>,
     dirty: HashSet<DocId>,
+    /// Dirty documents that force a checkpoint ([`forced_checkpoint_at`]).
+    forced_at: usize,
+    /// Documents the checkpoint step in progress is saving (taken from the
+    /// phase's `todo`, not yet durable).
+    step_docs: usize,
     committed_ticket: u64,
     committed_local_seq: u64,
     /// The vector the snapshots on disk cover.
@@ -2056,7 +2114,7 @@ impl StorageWorker {
             }
             if self.phase.is_none() {
                 let interval_passed = self.last_checkpoint.elapsed() >= self.checkpoint_interval;
-                let due = (!self.dirty.is_empty() && (interval_passed || self.dirty.len() >= DIRTY_DOCS_MAX))
+                let due = (!self.dirty.is_empty() && (interval_passed || self.dirty.len() >= self.forced_at))
                     || (interval_passed && self.log_truncatable());
                 if (due || self.shutdown_requested) && self.begin_checkpoint().is_err() {
                     return;
@@ -2071,8 +2129,7 @@ impl StorageWorker {
             if idle && !self.truncating.is_empty() && self.commit(Batch::default()).is_err() {
                 return;
             }
-            let in_checkpoint = self.phase.as_ref().map_or(0, |p| p.todo.len());
-            self.shared.unpersisted.store(self.dirty.len() + in_checkpoint, Ordering::Release);
+            self.publish_unpersisted();
             if self.shutdown_requested {
                 // Finish the checkpoint in progress, then one more for what arrived during it.
                 while self.phase.is_some() {
@@ -2134,6 +2191,18 @@ impl StorageWorker {
         })
     }
 
+    /// Publishes how many documents are changed and not yet in a durable
+    /// snapshot, for the writer's backpressure ([`wait_for_checkpoints`]):
+    /// dirty, waiting in the checkpoint in progress, or being saved by its
+    /// current step. Called as documents turn dirty too, not only once a
+    /// loop: a checkpoint step commits the writes that arrive during it
+    /// (`commit_waiting`), and a count published only after the step let
+    /// a test's writers run 60 documents past a limit of 8.
+    fn publish_unpersisted(&self) {
+        let in_checkpoint = self.phase.as_ref().map_or(0, |p| p.todo.len()) + self.step_docs;
+        self.shared.unpersisted.store(self.dirty.len() + in_checkpoint, Ordering::Release);
+    }
+
     /// Sorts one message into `received`; returns its change bytes.
     fn take(&mut self, msg: StorageMsg, received: &mut Received) -> usize {
         match msg {
@@ -2144,6 +2213,7 @@ impl StorageWorker {
                 for record in &records {
                     self.dirty.insert(record.doc.clone());
                 }
+                self.publish_unpersisted();
                 received.local.extend(records);
                 bytes
             }
@@ -2152,6 +2222,7 @@ impl StorageWorker {
                 for record in &records {
                     self.dirty.insert(record.doc.clone());
                 }
+                self.publish_unpersisted();
                 received.remote.extend(records);
                 bytes
             }
@@ -2421,6 +2492,8 @@ impl StorageWorker {
         let Some(phase) = self.phase.as_mut() else { return Ok(()) };
         let chunk: Vec<DocId> = phase.todo.split_off(phase.todo.len().saturating_sub(phase.per_step));
         let last = phase.todo.is_empty();
+        // Still unpersisted until this step commits (see `publish_unpersisted`).
+        self.step_docs = chunk.len();
         let mut saved = Vec::with_capacity(chunk.len());
         let mut saving = Duration::ZERO;
         for id in chunk {
@@ -2443,7 +2516,7 @@ impl StorageWorker {
         phase.snapshots += saved.len();
         // Pace on the saving (CPU), not on the commits (mostly waiting for fsync).
         let backlog = phase.todo.len() + self.dirty.len();
-        let pace = if backlog > DIRTY_BACKLOG_UNPACED { 0 } else { CHECKPOINT_PACE };
+        let pace = if backlog > DIRTY_BACKLOG_UNPACED.min(self.forced_at) { 0 } else { CHECKPOINT_PACE };
         phase.next_step_at = Instant::now() + saving * pace;
         let (snapshots, persisted) = split_snapshots(saved);
         let mut received = Received::default();
@@ -2475,6 +2548,7 @@ impl StorageWorker {
         let batch = Batch { records, snapshots, checkpoint: checkpoint.clone(), ..Batch::default() };
         self.commit(batch)?;
         self.mark_persisted(persisted);
+        self.step_docs = 0;
         {
             let mut core = lock(&self.shared);
             // Only now that the checkpoint is durable may what it covers go.

@@ -2,7 +2,9 @@
 //! and frequent checkpoints, a node holding many more documents keeps about
 //! four in memory, serves every one of them (reads, writes, history, listing)
 //! by loading cold ones from disk, and after a restart, which reads no
-//! snapshot, still serves all of them with the same content and ETags.
+//! snapshot, still serves all of them with the same content and ETags; and
+//! local writes wait for checkpoints when too many documents wait for a
+//! durable snapshot (`--unpersisted-docs-max`).
 
 use std::time::{Duration, Instant};
 
@@ -102,4 +104,94 @@ async fn cold_documents_are_served_from_disk_before_and_after_a_restart() {
     let listed: Value =
         client.get(format!("{}/v1/docs?prefix=cache/", node.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["ids"].as_array().map(Vec::len), Some(DOCS - 1), "{listed}");
+}
+
+/// Backpressure: with `--unpersisted-docs-max 8` and only forced
+/// checkpoints (the interval is an hour), new documents written faster than
+/// snapshots persist them make local writes wait, which the node counts;
+/// every write is still acknowledged, the resident set stays near the cache
+/// plus the limit, and nothing acknowledged is missing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_checkpoints_when_too_many_documents_are_unpersisted() {
+    const WRITES: usize = 600;
+    const CLIENTS: usize = 16;
+    const CACHE: u64 = 4;
+    const LIMIT: u64 = 8;
+    let dir = TempDir::new("doc-cache-backpressure");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let flags = [
+        "--doc-cache",
+        "4",
+        "--unpersisted-docs-max",
+        "8",
+        "--checkpoint-interval-ms",
+        "3600000",
+        "--rate-limit-per-second",
+        "0",
+    ];
+    let node = NodeProcess::start(dir.path(), &flags);
+    let text = metrics(&client, &node.url).await;
+    assert_eq!(metric(&text, "meridian_documents_unpersisted_limit"), LIMIT);
+    assert_eq!(metric(&text, "meridian_write_backpressure_waits_total"), 0);
+
+    // Sample the resident set while the writers run.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (client, url, sampling) = (client.clone(), node.url.clone(), sampling.clone());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(metric(&metrics(&client, &url).await, "meridian_documents_resident"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (client, url) = (client.clone(), node.url.clone());
+            tokio::spawn(async move {
+                for i in (c..WRITES).step_by(CLIENTS) {
+                    let put = client.put(format!("{url}/v1/docs/bp/{i:04}")).json(&json!({ "i": i })).send().await;
+                    let status = put.map(|r| r.status().as_u16()).unwrap_or(0);
+                    assert!((200..300).contains(&status), "PUT bp/{i:04}: {status}");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap();
+
+    let text = metrics(&client, &node.url).await;
+    let waits = metric(&text, "meridian_write_backpressure_waits_total");
+    assert!(waits > 0, "{WRITES} new documents with at most {LIMIT} unpersisted, yet no write waited");
+    assert_eq!(metric(&text, "meridian_documents"), WRITES as u64);
+    // The cache, the limit, and what one writer batch (at most one write per
+    // client) and the checkpoint's eviction lag can add on top.
+    let bound = CACHE + LIMIT + 2 * CLIENTS as u64;
+    assert!(peak <= bound, "{peak} documents resident at the peak, more than {bound}");
+    let waited = text
+        .lines()
+        .find_map(|l| l.strip_prefix("meridian_write_backpressure_seconds_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("meridian_write_backpressure_seconds_total");
+    assert!(waited > 0.0, "{waits} waits took no time");
+    eprintln!(
+        "{WRITES} writes in {:.1} s: {waits} waits, {waited:.2} s waited, peak {peak} resident",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Every acknowledged write survives a kill -9 (acknowledged means fsynced).
+    node.kill9();
+    let node = NodeProcess::start(dir.path(), &flags);
+    let text = metrics(&client, &node.url).await;
+    assert_eq!(metric(&text, "meridian_documents"), WRITES as u64, "after kill -9 and restart");
+    for i in (0..WRITES).step_by(37) {
+        let (status, body, _) = read(&client, &node.url, &format!("bp/{i:04}")).await;
+        assert_eq!((status, body), (200, json!({ "i": i })), "bp/{i:04} after restart");
+    }
 }
