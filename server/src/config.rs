@@ -228,6 +228,10 @@ pub struct ReplicationConfig {
 pub const STORAGE_CACHE_MB_DEFAULT: usize = 64;
 /// Default document cache: about 400 MiB of small automerge documents.
 pub const DOC_CACHE_DEFAULT: usize = 20_000;
+/// The log filter when `RUST_LOG` is not set. automerge opens an info span
+/// on every transaction commit (a few percent of the writer thread's CPU,
+/// formatting fields nobody reads); its warnings still show.
+pub const DEFAULT_LOG_FILTER: &str = "info,automerge=warn";
 /// Default for `--unpersisted-docs-max`: at about 20 KB per small resident
 /// document, 40,000 of them and a full default cache stay well inside 2 GiB.
 pub const UNPERSISTED_DOCS_MAX_DEFAULT: usize = 40_000;

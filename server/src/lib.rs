@@ -16,7 +16,7 @@ use std::sync::Arc;
 use meridian_web::router;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, LogFormat, ServeArgs};
+pub use config::{Config, ConfigError, LogFormat, ServeArgs, DEFAULT_LOG_FILTER};
 pub use runtime::{NodeHandle, NodeRuntime};
 pub use storage::StorageError;
 

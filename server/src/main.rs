@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meridian_server::{serve, Config, LogFormat, ServeArgs};
+use meridian_server::{serve, Config, LogFormat, ServeArgs, DEFAULT_LOG_FILTER};
 use tracing_subscriber::EnvFilter;
 
 /// glibc's malloc took a quarter of a read's CPU in profiles (short-lived
@@ -122,14 +122,8 @@ fn run_certs(command: CertsCommand) -> ExitCode {
     }
 }
 
-/// The log filter when `RUST_LOG` is not set.
-const DEFAULT_LOG_FILTER: &str = "info,automerge=warn";
-
 fn init_logging(format: LogFormat) {
-    // automerge opens an info-level span on every commit (`#[instrument]`
-    // on its transaction commit): a few percent of the writer thread's CPU
-    // spent formatting fields nobody reads. Its warnings still show.
-    // `RUST_LOG`, when set, replaces this default entirely.
+    // `RUST_LOG`, when set, replaces the default entirely (see DEFAULT_LOG_FILTER).
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colour only for a person at a terminal; files and collectors get plain text.
     use std::io::IsTerminal;

@@ -157,7 +157,8 @@ impl NodeProcess {
             .args(["serve", "--listen-http", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info")
+            // The node's own default, so tests and benchmarks run it as deployed.
+            .env("RUST_LOG", meridian_server::DEFAULT_LOG_FILTER)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
