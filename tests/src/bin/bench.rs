@@ -325,6 +325,11 @@ async fn write(options: &Options) -> ScenarioReport {
     let conns = options.connections;
     let baseline = Baseline::start();
     let dir = TempDir::new("bench-write");
+    // The disk's own commit latency, before any load: the floor under a
+    // write that is fsynced before its answer, and the stalls no group
+    // commit can hide.
+    progress.phase("disk: 4 KiB appends, each fdatasynced, in the node's data directory");
+    let mut disk = fsync_probe(dir.path(), DISK_PROBE_COUNT, DISK_PROBE_TIME);
     let node = single_node(&dir, options);
     let addr = addr_of(&node.url);
     let (mut base, mut peak, last_round) =
@@ -374,6 +379,7 @@ async fn write(options: &Options) -> ScenarioReport {
     let [write_p99, fsync_p99, queue_p99, writer_p99, durable_p99, storage_p99] =
         [0, 1, 2, 3, 4, 5].map(|i| bucket_quantile(&paced[i], 0.99));
     let queue_p50 = bucket_quantile(&paced[2], 0.5);
+    let (slow_commits, commits, slowest) = over_bound(&paced[1], SLOW_COMMIT_S);
     let fsyncs = metric(&node.url, "meridian_storage_commits_total").await;
     let writes = metric(&node.url, "meridian_durable_sequence").await;
     drop(node);
@@ -396,6 +402,20 @@ async fn write(options: &Options) -> ScenarioReport {
             fmt(late_p99),
             fmt(behind_p99),
             fmt(from_send_p99)
+        ));
+    }
+    let disk_p99 = quantile_ms(&mut disk, 0.99);
+    if !disk.is_empty() {
+        notes.push(format!(
+            "the disk, idle, before the run ({} appends of 4 KiB to a file in the data directory, each fdatasynced): p50 {} ms, p99 {} ms, max {} ms. At 70% of peak, {} of {} commits took over {} ms (the slowest <= {} ms): every write waiting on such a commit waits with it, and the writer then works off the requests that queued behind it with 30% headroom",
+            fmt(disk.len() as f64),
+            fmt(quantile_ms(&mut disk, 0.5)),
+            fmt(quantile_ms(&mut disk, 0.99)),
+            fmt(quantile_ms(&mut disk, 1.0)),
+            fmt(slow_commits),
+            fmt(commits),
+            fmt(SLOW_COMMIT_S * 1000.0),
+            fmt(slowest * 1000.0)
         ));
     }
     if let (Some(queue50), Some(queue), Some(writer), Some(durable), Some(storage)) =
@@ -438,6 +458,7 @@ async fn write(options: &Options) -> ScenarioReport {
             Figure::plain("p50 at 70% of peak", "ms", at70.quantile_ms(0.5), None),
             Figure::plain("p99 at 70% of peak", "ms", at70.quantile_ms(0.99), Some(Target::AtMost(10.0))),
             Figure::plain("in process: Replica::local_write, one thread", "writes/s", in_process, None),
+            Figure::plain("disk: 4 KiB fdatasync p99, idle", "ms", disk_p99, None),
         ],
         notes,
     }
@@ -482,6 +503,53 @@ async fn histograms(url: &str, which: &[(&str, &str)]) -> Vec<Vec<(f64, f64)>> {
                 .collect()
         })
         .collect()
+}
+
+/// How many appends [`fsync_probe`] makes, and for how long at most.
+const DISK_PROBE_COUNT: usize = 2_000;
+const DISK_PROBE_TIME: Duration = Duration::from_secs(5);
+/// A commit slower than this is counted as a stall (a histogram bucket bound).
+const SLOW_COMMIT_S: f64 = 0.01;
+
+/// Appends 4 KiB to a fresh file in `dir` and fdatasyncs it, `count` times
+/// or until `limit`, and returns each append's latency in ms: what one
+/// small durable commit costs on this disk, without Meridian. The file is
+/// removed afterwards; an I/O error ends the probe early (a benchmark aid,
+/// not a check).
+fn fsync_probe(dir: &Path, count: usize, limit: Duration) -> Vec<f64> {
+    use std::io::Write;
+    let path = dir.join("disk-probe");
+    let Ok(mut file) = std::fs::File::create(&path) else { return Vec::new() };
+    let block = [0x5au8; 4096];
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(count);
+    while latencies.len() < count && started.elapsed() < limit {
+        let at = Instant::now();
+        if file.write_all(&block).and_then(|()| file.sync_data()).is_err() {
+            break;
+        }
+        latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    latencies
+}
+
+/// Of a histogram's cumulative buckets: the observations above the bucket
+/// bound `bound`, all observations, and the upper bound of the highest
+/// bucket that holds any (infinite for the overflow bucket).
+fn over_bound(hist: &[(f64, f64)], bound: f64) -> (f64, f64, f64) {
+    let total = hist.last().map_or(0.0, |b| b.1);
+    let within = hist.iter().filter(|b| b.0 <= bound).map(|b| b.1).fold(0.0, f64::max);
+    let mut below = 0.0;
+    let mut slowest = 0.0;
+    for &(le, n) in hist {
+        if n > below {
+            slowest = le;
+        }
+        below = n;
+    }
+    (total - within, total, slowest)
 }
 
 /// The upper bound of the bucket holding quantile `q` of a histogram's
